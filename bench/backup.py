@@ -1,0 +1,128 @@
+"""Benchmark: our backup and restore against raw pg_dump and pg_restore, same database, same run.
+
+    .venv/bin/python bench/backup.py            # about 1 GB (BENCH_SIZE_MB to change)
+
+Figures:
+- raw `pg_dump -Fc` to /dev/null vs our backup flow to file:// and to S3 (moto), wall
+  time of the whole flow run (preflight, snapshot and row counts, dump, verify, retention);
+- raw `pg_restore -j N` of the stored dump file vs our restore: download and checksum
+  included, timed from file:// storage, as the restore-test flow reports it.
+
+Prints a table, then one JSON line with backup_file_ratio, backup_s3_ratio and
+restore_ratio (throughput ours / raw: above 1 is faster than raw).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+_TMP = Path(tempfile.mkdtemp(prefix="runbook-bench-"))
+os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "results")
+
+SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "1024"))
+JOBS = int(os.environ.get("BENCH_JOBS", "2"))
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    start = time.monotonic()
+    out = fn(*args)
+    return time.monotonic() - start, out
+
+
+def main() -> None:
+    import yaml
+    from prefect.testing.utilities import prefect_test_harness
+
+    from sandbox import api
+    from tasks import postgres
+    from tasks.backups import CUSTOM_FILE
+
+    workdir = Path("/tmp/runbook-bench-sandbox")
+    envs = _TMP / "environments"
+    envs.mkdir()
+    os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(envs)
+    api.down(workdir)
+    t_gen, state = timed(api.up, workdir, SIZE_MB, envs)
+    os.environ.update(state.secret_env())
+    try:
+        server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
+        with postgres.connect(server, "fleet") as conn:
+            db_bytes = int(conn.execute("SELECT pg_database_size('fleet')").fetchone()[0])
+        pg_dump = postgres.find_tool("pg_dump", 15)
+        pg_restore = postgres.find_tool("pg_restore", 15)
+
+        # raw pg_dump -Fc to /dev/null
+        start = time.monotonic()
+        subprocess.run([pg_dump, "-Fc", "-Z6", "-f", "/dev/null"], env=server.env("fleet"), check=True)
+        t_raw_dump = time.monotonic() - start
+
+        doc = api.environment_dict(state, name="bench")
+        fleet = doc["databases"]["fleet"]
+        fleet["objectives"]["rto"] = "6h"
+        fleet["restore_test"]["jobs"] = JOBS
+        file_db = {**fleet, "dbname": "fleet",
+                   "storage": {"url": f"file://{workdir}/bench-backups"}}
+        doc["databases"] = {"fleet": fleet, "fleet_file": file_db}
+        (envs / "bench.yaml").write_text(yaml.safe_dump(doc))
+
+        with prefect_test_harness(server_startup_timeout=120):
+            from flows.backup import backup_database
+            from flows.restore_test import restore_test
+
+            t_file, res_file = timed(backup_database, "bench", "fleet_file")
+            t_s3, res_s3 = timed(backup_database, "bench", "fleet")
+            t_our_restore_wall, rt = timed(restore_test, "bench", "fleet_file")
+
+        dump_file = workdir / "bench-backups" / "fleet_file" / res_file["backup_id"] / CUSTOM_FILE
+        postgres.create_database(server, "raw_restore")
+        start = time.monotonic()
+        subprocess.run([pg_restore, f"-j{JOBS}", "--no-owner", "--no-privileges", "--exit-on-error",
+                        "-d", "raw_restore", str(dump_file)], env=server.env("raw_restore"), check=True)
+        t_raw_restore = time.monotonic() - start
+        postgres.drop_database(server, "raw_restore")
+    finally:
+        api.down(workdir)
+
+    t_our_restore = rt["timings"]["download_and_checksum"] + rt["timings"]["pg_restore"]
+    mb = db_bytes / 1e6
+    rows = [
+        ("generate sample database", t_gen, None),
+        ("raw pg_dump -Fc > /dev/null", t_raw_dump, mb / t_raw_dump),
+        ("our backup flow -> file://", t_file, mb / t_file),
+        ("our backup flow -> S3 (moto)", t_s3, mb / t_s3),
+        (f"raw pg_restore -j{JOBS}", t_raw_restore, mb / t_raw_restore),
+        ("our restore (checksum + pg_restore)", t_our_restore, mb / t_our_restore),
+        ("our restore-test flow, wall (with checks)", t_our_restore_wall, None),
+    ]
+    print(f"database: {mb:.0f} MB on disk, dump {res_file['size'] / 1e6:.0f} MB, {JOBS} restore jobs")
+    print(f"{'step':<44} {'seconds':>8} {'MB/s':>8}")
+    for name, secs, thr in rows:
+        print(f"{name:<44} {secs:>8.1f} {'' if thr is None else f'{thr:.1f}':>8}")
+    figures = {
+        "database_mb": round(mb, 1),
+        "dump_mb": round(res_file["size"] / 1e6, 1),
+        "raw_pg_dump_seconds": round(t_raw_dump, 2),
+        "backup_file_seconds": round(t_file, 2),
+        "backup_s3_seconds": round(t_s3, 2),
+        "raw_pg_restore_seconds": round(t_raw_restore, 2),
+        "our_restore_seconds": round(t_our_restore, 2),
+        "backup_file_ratio": round(t_raw_dump / t_file, 3),
+        "backup_s3_ratio": round(t_raw_dump / t_s3, 3),
+        "restore_ratio": round(t_raw_restore / t_our_restore, 3),
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Nightly database backup, as the seeds' runbooks describe it:
+
+    pg_dump -Fc evfleet > evfleet_$(date).dump
+    aws s3 cp evfleet_*.dump s3://sev-backups/db/
+    pg_restore --list evfleet_*.dump | head -20
+    find /backups -mtime +30 -delete
+
+done so that nobody has to check it: a consistent snapshot with exact row counts, streamed
+to storage with its checksum, verified, committed by a manifest, and pruned by a
+retention policy that never removes the newest good backup.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+from prefect.transactions import Transaction, get_transaction, transaction
+
+from tasks import backups, postgres
+from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
+from tasks.errors import PermanentError, RunbookError, TransientError
+from tasks.faults import fault_point
+from tasks.prefect_api import artifact_key, emit, holding, md_table, publish_report, publish_table
+from tasks.redact import scrub
+from tasks.retention import RetentionPlan, plan_retention
+from tasks.storage import open_storage
+
+LOCK_TIMEOUT = timedelta(hours=4).total_seconds()
+
+
+def is_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a retry can cure: decided by exception class, never by text."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is permanent
+        return False
+    return False
+
+
+RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": is_transient,
+}
+
+
+# --- tasks ----------------------------------------------------------------------------------------
+
+
+@task(**RETRIES)
+def preflight(env: EnvironmentConfig, database: str) -> dict[str, Any]:
+    """The database answers, pg_dump is new enough for the server, storage takes writes."""
+    cfg = env.database(database)
+    server = postgres.Server.from_dsn(cfg.dsn.resolve())
+    dbname = cfg.dbname or database
+    with postgres.connect(server, dbname) as conn:
+        version = postgres.server_version_num(conn)
+    server_major = postgres.major_of(version)
+    dump_major = backups.pg_dump_major(server_major)
+    if dump_major < server_major:
+        raise PermanentError(f"pg_dump {dump_major} is older than the server ({server_major}); "
+                             f"install postgresql-client-{server_major} or set PG_BIN_DIR")
+    storage = open_storage(cfg.storage)
+    probe = f"{database}/.probe-{backups.new_backup_id()}"
+    storage.put_bytes(probe, b"ok")
+    storage.delete_prefix(probe)
+    aborted = storage.abort_stale_uploads(f"{database}/")
+    return {"server": server.describe(), "server_version": version, "pg_dump_major": dump_major,
+            "stale_uploads_aborted": aborted}
+
+
+@task(**RETRIES)
+def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None) -> backups.Manifest:
+    """Snapshot, exact row counts, then pg_dump --snapshot streamed into storage."""
+    logger = get_run_logger()
+    cfg = env.database(database)
+    server = postgres.Server.from_dsn(cfg.dsn.resolve())
+    storage = open_storage(cfg.storage)
+    dbname = cfg.dbname or database
+    backup_id = backups.new_backup_id()
+    prefix = backups.backup_prefix(database, backup_id)
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("cfg", cfg)
+        txn.set("prefix", prefix)
+    progress_id = create_progress_artifact(progress=0.0, key=artifact_key("backup-progress", env.name, database),
+                                           description=f"pg_dump of {database} into {cfg.storage.url}")
+
+    def on_progress(fraction: float, written: int) -> None:
+        update_progress_artifact(progress_id, progress=round(fraction * 100, 1))
+        logger.info("dumping %s: %.0f%% of table data, %.1f MB written", database, fraction * 100, written / 1e6)
+
+    started = time.monotonic()
+    with backups_snapshot(server, dbname) as snap:
+        if cfg.format == "custom":
+            files = [backups.stream_custom_dump(server, dbname, snap, storage, prefix + backups.CUSTOM_FILE,
+                                                cfg.compress, on_progress)]
+        else:
+            files = backups.dump_directory(server, dbname, snap, storage, prefix, cfg.compress, cfg.jobs,
+                                           on_progress)
+    dump_seconds = time.monotonic() - started
+    update_progress_artifact(progress_id, progress=100.0)
+    return backups.Manifest(
+        backup_id=backup_id, environment=env.name, database=database, dbname=dbname, format=cfg.format,
+        files=files, size=sum(f.size for f in files), sha256=backups.combined_sha256(files),
+        row_counts=snap.row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at,
+        server_version=snap.server_version, pg_dump_version=backups.pg_dump_major(snap.server_version // 10000),
+        database_size=snap.database_size, durations={"dump": round(dump_seconds, 3)},
+        flow_run_id=run_id, created_at=datetime.now(UTC).isoformat(),
+    )
+
+
+@dump_to_storage.on_rollback
+def discard_upload(txn: Transaction) -> None:
+    """Undo of `dump_to_storage`: a backup that did not commit leaves nothing behind."""
+    cfg: DatabaseConfig = txn.get("cfg")
+    open_storage(cfg.storage).delete_prefix(txn.get("prefix"))
+
+
+def backups_snapshot(server: postgres.Server, dbname: str) -> Any:
+    return postgres.exported_snapshot(server, dbname)
+
+
+@task(**RETRIES)
+def verify_backup(env: EnvironmentConfig, manifest: backups.Manifest) -> backups.Manifest:
+    """Read the stored objects back against their checksums; read the archive's TOC."""
+    cfg = env.database(manifest.database)
+    storage = open_storage(cfg.storage)
+    started = time.monotonic()
+    toc = backups.verify_stored(storage, backups.backup_prefix(manifest.database, manifest.backup_id),
+                                manifest.files, manifest.backup_id, manifest.format,
+                                manifest.server_version // 10000)
+    missing = sorted(t for t, n in manifest.row_counts.items() if n and t not in backups.tables_in_toc(toc))
+    if missing:
+        raise backups.CheckFailed(f"backup {manifest.backup_id}: tables missing from the archive: {', '.join(missing)}")
+    durations = {**manifest.durations, "verify": round(time.monotonic() - started, 3)}
+    return manifest.model_copy(update={"durations": durations})
+
+
+@task(**RETRIES)
+def commit_manifest(env: EnvironmentConfig, manifest: backups.Manifest) -> backups.Manifest:
+    """Write the manifest last: from here on the backup exists."""
+    backups.write_manifest(open_storage(env.database(manifest.database).storage), manifest)
+    return manifest
+
+
+@task(**RETRIES)
+def find_committed_backup(env: EnvironmentConfig, database: str, run_id: str | None) -> backups.Manifest | None:
+    """A backup this same flow run already committed (a retry after a crash past upload)."""
+    storage = open_storage(env.database(database).storage)
+    return backups.read_catalogue(storage, database).for_run(run_id)
+
+
+@task(**RETRIES)
+def apply_retention(env: EnvironmentConfig, database: str, now: datetime) -> RetentionPlan:
+    """Plan by the policy, then delete; the newest valid backup always stays."""
+    cfg = env.database(database)
+    storage = open_storage(cfg.storage)
+    catalogue = backups.read_catalogue(storage, database)
+    plan = plan_retention(catalogue.records(), cfg.retention, now=now, tz=env.tz_for(database))
+    for backup_id in plan.delete:
+        storage.delete_prefix(backups.backup_prefix(database, backup_id))
+    return plan
+
+
+@task
+def report_backup(env: EnvironmentConfig, database: str, manifest: backups.Manifest | None, reused: bool,
+                  plan: RetentionPlan | None, error: str | None, checks: dict[str, Any]) -> None:
+    cfg = env.database(database)
+    key = artifact_key("backup", env.name, database)
+    outcome = "FAILED" if error else ("REUSED committed backup" if reused else "OK")
+    lines = [f"# Backup of `{database}` in `{env.name}`: {outcome}", ""]
+    if error:
+        lines += [f"**Error:** {error}", "", "No manifest was written for a failed attempt; its upload was aborted "
+                  "or deleted. Retention did not run.", ""]
+    if manifest:
+        mb = manifest.size / 1e6
+        dump_s = manifest.durations.get("dump", 0.0)
+        lines += [
+            md_table([
+                {"figure": "backup id", "value": manifest.backup_id},
+                {"figure": "storage", "value": f"{cfg.storage.url}/{database}/{manifest.backup_id}/"},
+                {"figure": "format", "value": manifest.format},
+                {"figure": "size (MB)", "value": f"{mb:.2f}"},
+                {"figure": "database size (MB)", "value": f"{manifest.database_size / 1e6:.2f}"},
+                {"figure": "sha256", "value": manifest.sha256},
+                {"figure": "snapshot time", "value": manifest.snapshot_time},
+                {"figure": "LSN", "value": manifest.lsn},
+                {"figure": "rows", "value": sum(manifest.row_counts.values())},
+                {"figure": "tables", "value": len(manifest.row_counts)},
+                {"figure": "dump seconds", "value": dump_s},
+                {"figure": "verify seconds", "value": manifest.durations.get("verify", "")},
+                {"figure": "throughput (MB/s of database)", "value":
+                    f"{manifest.database_size / 1e6 / dump_s:.1f}" if dump_s else ""},
+                {"figure": "server / pg_dump", "value": f"{manifest.server_version} / {manifest.pg_dump_version}"},
+            ]),
+            "## Row counts", "",
+            md_table([{"table": t, "rows": n} for t, n in sorted(manifest.row_counts.items())]),
+        ]
+    if checks:
+        lines += ["## Preflight", "", md_table([{"check": k, "result": v} for k, v in checks.items()])]
+    if plan is not None:
+        lines += ["## Retention", "", f"Kept {len(plan.keep)}, deleted {len(plan.delete)}.", "",
+                  md_table(plan.rows())]
+        publish_table(artifact_key("backup-catalogue", env.name, database), plan.rows(),
+                      f"Backup catalogue of {database} in {env.name} after retention")
+    publish_report(key, "\n".join(lines), f"Backup of {database} in {env.name}: {outcome}")
+    resource = f"runbook.database.{env.name}.{database}"
+    if error:
+        emit("runbook.backup.failed", resource, {"environment": env.name, "database": database, "error": error})
+    else:
+        assert manifest is not None
+        emit("runbook.backup.succeeded", resource, {
+            "environment": env.name, "database": database, "backup_id": manifest.backup_id,
+            "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
+            "dump_seconds": manifest.durations.get("dump"),
+            "deleted": sorted(plan.delete) if plan else [],
+        })
+
+
+# --- flows ------------------------------------------------------------------------------------------
+
+
+@flow(name="backup-database")
+def backup_database(environment: str, database: str) -> dict[str, Any]:
+    """Back up one database: preflight, consistent dump streamed to storage, verify,
+    commit the manifest, apply retention, and report. A re-run of the same flow run
+    reuses a backup it already committed instead of dumping again."""
+    env = load_environment(environment)
+    env.database(database).check_secrets()  # unknown database or missing secret: fails before anything runs
+    # A retry of this run, or of the backup_all run above it, finds what it committed.
+    run_id = str(flow_run.root_flow_run_id or flow_run.id or "") or None
+    limits = {artifact_key("backup", env.name): env.backup_concurrency,
+              artifact_key("backup", env.name, database): 1}
+    manifest: backups.Manifest | None = None
+    plan: RetentionPlan | None = None
+    reused = False
+    checks: dict[str, Any] = {}
+    try:
+        with holding(limits, timeout_seconds=LOCK_TIMEOUT):
+            manifest = find_committed_backup(env, database, run_id)
+            reused = manifest is not None
+            if manifest is None:
+                checks = preflight(env, database)
+                with transaction():
+                    dumped = dump_to_storage(env, database, run_id)
+                    verified = verify_backup(env, dumped)
+                    manifest = commit_manifest(env, verified)
+            fault_point("backup.after-commit")
+            plan = apply_retention(env, database, datetime.now(UTC))
+    except (RunbookError, Exception) as exc:
+        report_backup(env, database, manifest, reused, None, scrub(str(exc)), checks)
+        raise
+    report_backup(env, database, manifest, reused, plan, None, checks)
+    return {
+        "runbook": "backup", "environment": env.name, "database": database, "backup_id": manifest.backup_id,
+        "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
+        "rows": sum(manifest.row_counts.values()), "seconds": manifest.durations,
+        "kept": len(plan.keep), "deleted": len(plan.delete),
+        "artifact": artifact_key("backup", env.name, database),
+    }
+
+
+@task
+def backup_one(environment: str, database: str) -> dict[str, Any]:
+    """Run one database's backup as a subflow and report its outcome without raising."""
+    state = backup_database(environment, database, return_state=True)
+    if state.is_completed():
+        return {"database": database, "outcome": "ok", **state.result()}
+    return {"database": database, "outcome": "failed", "error": scrub(state.message or state.name or "")}
+
+
+@flow(name="backup-all", task_runner=ThreadPoolTaskRunner(max_workers=8), retries=1, retry_delay_seconds=60)
+def backup_all(environment: str) -> list[dict[str, Any]]:
+    """Back up every database of the environment, as one subflow each, at most
+    `backup_concurrency` at a time. Fails if any backup failed."""
+    env = load_environment(environment)
+    results = [f.result() for f in backup_one.map(environment, list(env.databases))]
+    rows = [{"database": r["database"], "outcome": r["outcome"], "backup_id": r.get("backup_id", ""),
+             "size_mb": round(r.get("size", 0) / 1e6, 2), "error": r.get("error", "")} for r in results]
+    publish_table(artifact_key("backup-all", env.name), rows, f"Backups of every database in {env.name}")
+    failed = [r["database"] for r in results if r["outcome"] != "ok"]
+    if failed:
+        raise RunbookError(f"backup failed for {', '.join(failed)} in {env.name}")
+    return results
+
+
+if __name__ == "__main__":
+    import sys
+
+    backup_all(sys.argv[1] if len(sys.argv) > 1 else "sandbox")

@@ -1,0 +1,369 @@
+"""The sandbox from Python: `up`, `down`, `status`, `load_state`, and its environment config.
+
+`up` starts a disposable stand-in for production on loopback: a PostgreSQL 15
+primary with a realistic `fleet` database and a `pgbench` database, and moto's S3
+server with the backup bucket. It writes `<workdir>/state.json` and
+`<workdir>/sandbox.env` (both 0600, they hold the secrets) and the `sandbox`
+environment config. If anything fails on the way, it stops what it started and
+removes the work dir, so a failed `up` leaves nothing behind.
+
+Work dir layout:
+    .runbook-sandbox   marker: this dir belongs to a sandbox (`down` removes only such dirs)
+    state.json         SandboxState
+    sandbox.env        `export` lines for the secrets sandbox.yaml names
+    pg/                the cluster, owned by the PostgreSQL account: data/, postgres.log, socket
+    moto.log, moto.pid the S3 server
+    backups/           target of the file:// storage in sandbox.yaml
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sandbox import postgres, s3, sampledata
+from sandbox.environment import environment_dict, environment_text, write_environment
+from sandbox.process import free_port, pid_alive, scrub
+from sandbox.state import (
+    ENV_FILE,
+    MARKER_FILE,
+    STATE_FILE,
+    SandboxState,
+    load_state,
+    save_state,
+    write_private,
+)
+from tasks.config import REPO_ROOT
+from tasks.errors import ConfigError, PermanentError, RunbookError
+
+__all__ = [
+    "SandboxState",
+    "default_workdir",
+    "down",
+    "environment_dict",
+    "is_running",
+    "load_state",
+    "status",
+    "up",
+    "write_environment",
+]
+
+DEFAULT_DIR = Path("/tmp/runbook-flows-sandbox")
+PG_USER = "runbook"
+BUCKET = "runbook-backups"
+DATABASES = ("fleet", "pgbench")
+PORT_ATTEMPTS = 3
+_SOCKET_NAME_MAX = 107 - len("/.s.PGSQL.65535")  # sun_path is 108 bytes including the NUL
+
+
+def default_workdir() -> Path:
+    """$RUNBOOK_SANDBOX_DIR, or /tmp/runbook-flows-sandbox."""
+    return Path(os.environ.get("RUNBOOK_SANDBOX_DIR") or DEFAULT_DIR)
+
+
+def _workdir(workdir: Path | str | None) -> Path:
+    return Path(workdir or default_workdir()).expanduser().absolute()
+
+
+# --- up ----------------------------------------------------------------------------------
+
+
+def up(workdir: Path | None = None, size_mb: int = 64, environments_dir: Path | None = None) -> SandboxState:
+    """Start the sandbox in `workdir` and return its state; if it already runs, return that
+    as it is (size_mb and environments_dir then change nothing).
+
+    `size_mb` is the approximate size of the `fleet` database (8 to 16384).
+    `environments_dir` receives sandbox.yaml (default: the repo's environments/,
+    where git ignores it). Raises ConfigError for bad arguments or a work dir that
+    is not ours, PermanentError when something does not start.
+    """
+    workdir = _workdir(workdir)
+    sampledata.check_size_mb(size_mb)
+    existing = load_state(workdir)
+    if existing is not None:
+        report = status(workdir)
+        if report["healthy"]:
+            return existing
+        broken = ", ".join(f"{name}: {c['detail']}" for name, c in report["components"].items() if not c["ok"])
+        raise PermanentError(
+            f"the sandbox in {workdir} is partly down ({broken}); "
+            f"run `python -m sandbox down --dir {workdir}` and then `up` again"
+        )
+    env_dir = Path(environments_dir) if environments_dir is not None else REPO_ROOT / "environments"
+    bin_dir = postgres.pg_bin()
+    postgres.postgres_account()  # fails early, with advice, if root has no 'postgres' account
+    if len(str(workdir / "pg")) > _SOCKET_NAME_MAX:
+        raise ConfigError(
+            f"work dir {workdir} is too long for PostgreSQL's unix socket path "
+            f"(at most {_SOCKET_NAME_MAX - 3} characters); choose a shorter one"
+        )
+    _claim(workdir)
+    try:
+        return _start(workdir, size_mb, env_dir, bin_dir)
+    except BaseException:
+        # Anything half-started goes, even on Ctrl-C; the original error is what matters.
+        try:
+            _stop_everything(workdir, None, bin_dir)
+            shutil.rmtree(workdir, ignore_errors=True)
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+
+
+def _claim(workdir: Path) -> None:
+    """Make `workdir` ours: create it (or take an empty one) and write the marker file."""
+    if workdir.is_symlink():
+        raise ConfigError(f"work dir {workdir} is a symbolic link; give a real directory")
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise ConfigError(f"work dir {workdir} exists and is not a directory")
+        if workdir.stat().st_uid != os.geteuid():
+            # /tmp is shared: a dir someone else made could be tampered with under us.
+            raise ConfigError(f"work dir {workdir} belongs to another user; give a new directory")
+        if (workdir / MARKER_FILE).exists():
+            raise PermanentError(
+                f"{workdir} holds a sandbox that did not finish starting or stopping; "
+                f"run `python -m sandbox down --dir {workdir}` first"
+            )
+        if any(workdir.iterdir()):
+            raise ConfigError(f"work dir {workdir} exists and is not empty; give a new or empty directory")
+    else:
+        workdir.mkdir(parents=True)
+    # 0711: the PostgreSQL account must pass through to pg/, but nobody else may list the dir.
+    workdir.chmod(0o711)
+    try:
+        fd = os.open(workdir / MARKER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise PermanentError(f"another `up` is starting a sandbox in {workdir}") from None
+    with os.fdopen(fd, "w") as out:
+        out.write("Runbook Flows sandbox work dir; remove with `python -m sandbox down`\n")
+
+
+def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> SandboxState:
+    password = _token(32)
+    access_key = "AKIA" + _token(16, string.ascii_uppercase + string.digits)
+    secret_key = _token(40)
+    hidden = [password, secret_key]
+
+    # moto takes a few seconds to import: start it first and build the cluster meanwhile.
+    moto_port = free_port()
+    moto = s3.start(workdir, moto_port)
+
+    pg_dir = workdir / "pg"
+    with _step("creating the PostgreSQL cluster", hidden):
+        postgres.make_cluster_dir(pg_dir)
+        data = postgres.init_cluster(pg_dir, bin_dir)
+    pg_port, pg_pid = 0, 0
+    for attempt in range(PORT_ATTEMPTS):
+        pg_port = free_port()
+        postgres.set_port(data, pg_dir, pg_port)
+        try:
+            pg_pid = postgres.start(data, pg_dir, bin_dir, pg_port)
+            break
+        except postgres.PortInUse:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+    with _step(f"creating role {PG_USER!r}", hidden):
+        postgres.create_login_role(pg_dir, pg_port, PG_USER, password)
+
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            s3.wait_ready(moto, workdir, moto_port)
+            break
+        except s3.PortInUse:
+            if attempt == PORT_ATTEMPTS - 1:
+                raise
+            moto_port = free_port()
+            moto = s3.start(workdir, moto_port)
+    endpoint = f"http://{s3.HOST}:{moto_port}"
+    s3.create_bucket(endpoint, access_key, secret_key, BUCKET)
+
+    backups = workdir / "backups"
+    backups.mkdir(mode=0o700)
+
+    state = SandboxState(
+        workdir=workdir,
+        size_mb=size_mb,
+        pg_host=postgres.HOST,
+        pg_port=pg_port,
+        pg_user=PG_USER,
+        pg_password=password,
+        pg_data_dir=data,
+        pg_bin=bin_dir,
+        pg_pid=pg_pid,
+        s3_endpoint=endpoint,
+        s3_bucket=BUCKET,
+        s3_region=s3.REGION,
+        s3_access_key=access_key,
+        s3_secret_key=secret_key,
+        moto_pid=moto.pid,
+        backup_dir=backups,
+        environment_file=env_dir / "sandbox.yaml",
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    with _step("loading the sample data", hidden):
+        for db in DATABASES:
+            sampledata.create_database(state.pg_admin_dsn(), db)
+        sampledata.generate_fleet(state.pg_admin_dsn("fleet"), size_mb)
+        sampledata.init_pgbench(str(bin_dir / "pgbench"), state.pg_host, pg_port, PG_USER, password, "pgbench")
+
+    write_private(workdir / ENV_FILE, _env_file_text(state))
+    config = write_environment(state, env_dir / "sandbox.yaml", "sandbox")
+    try:
+        save_state(state)  # last: a state file means `up` finished
+    except BaseException:
+        config.unlink(missing_ok=True)  # the work dir goes on failure; this file lives elsewhere
+        raise
+    return state
+
+
+def _token(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    return "".join(secrets.choice(alphabet) for _ in range(n))
+
+
+def _env_file_text(state: SandboxState) -> str:
+    lines = [f"# Runbook Flows sandbox in {state.workdir}: secrets for environments/sandbox.yaml", "# source this file"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in state.secret_env().items()]
+    return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def _step(what: str, hidden: list[str]) -> Iterator[None]:
+    """Turn a library error into PermanentError naming the step, scrubbed of secrets.
+
+    The original exception stays chained for debugging only if its text holds no
+    secret; otherwise `from None` drops it, since a traceback would print it.
+    """
+    try:
+        yield
+    except RunbookError:
+        raise
+    except Exception as exc:
+        text = str(exc)
+        clean = scrub(text, hidden)
+        kind = "" if isinstance(exc, psycopg.Error | OSError | BotoCoreError | ClientError) else f"{type(exc).__name__}: "
+        error = PermanentError(f"{what}: {kind}{clean}")
+        if clean != text:
+            raise error from None
+        raise error from exc
+
+
+# --- down ----------------------------------------------------------------------------------
+
+
+def down(workdir: Path | None = None) -> list[str]:
+    """Stop everything the sandbox in `workdir` runs and remove the dir; returns what it did.
+
+    Safe to call twice, and after a half-finished `up`. It refuses a non-empty dir
+    that carries no sandbox marker, so a wrong --dir cannot delete your files.
+    """
+    workdir = _workdir(workdir)
+    if not workdir.exists():
+        return [f"no sandbox in {workdir}: nothing to do"]
+    if not (workdir / MARKER_FILE).exists() and not (workdir / STATE_FILE).exists():
+        if workdir.is_dir() and not any(workdir.iterdir()):
+            workdir.rmdir()
+            return [f"removed empty {workdir}"]
+        raise ConfigError(f"{workdir} is not a sandbox work dir (no {MARKER_FILE} in it); not touching it")
+    try:
+        state = load_state(workdir)
+    except PermanentError:
+        state = None  # damaged state: find the processes through their pid files instead
+    actions = _stop_everything(workdir, state, None)
+    if state is not None and state.environment_file is not None:
+        if _remove_if_ours(state):
+            actions.append(f"removed {state.environment_file}")
+    shutil.rmtree(workdir)
+    actions.append(f"removed {workdir}")
+    return actions
+
+
+def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | None) -> list[str]:
+    actions = []
+    data = state.pg_data_dir if state else workdir / "pg" / "data"
+    if bin_dir is None:
+        bin_dir = state.pg_bin if state else postgres.DEFAULT_PG_BIN
+    pid = postgres.stop(data, data.parent, bin_dir, state.pg_port if state else None)
+    if pid is not None:
+        if pid_alive(pid):
+            raise PermanentError(f"PostgreSQL (pid {pid}) did not stop; {workdir} is left in place")
+        actions.append(f"stopped PostgreSQL (pid {pid})")
+    moto_pid = s3.stop(workdir, state.moto_pid if state else None)
+    if moto_pid is not None:
+        actions.append(f"stopped moto S3 (pid {moto_pid})")
+    return actions
+
+
+def _remove_if_ours(state: SandboxState) -> bool:
+    """Remove sandbox.yaml if it is still the one this sandbox wrote (not edited, not newer)."""
+    path = state.environment_file
+    try:
+        if path is not None and path.read_text() == environment_text(state, "sandbox"):
+            path.unlink()
+            return True
+    except OSError:
+        pass
+    return False
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def is_running(workdir: Path | None = None) -> bool:
+    """Whether a sandbox in `workdir` finished `up` and every piece answers."""
+    return bool(status(workdir)["healthy"])
+
+
+def status(workdir: Path | None = None) -> dict[str, Any]:
+    """Each piece of the sandbox and whether it answers, with no secret in it.
+
+    {"workdir", "healthy", "components": {"postgres"|"s3": {"ok", "address", "pid", "detail"}},
+     "environment_file"}; components is empty when there is no sandbox.
+    """
+    workdir = _workdir(workdir)
+    state = load_state(workdir)
+    if state is None:
+        return {"workdir": str(workdir), "healthy": False, "components": {}, "environment_file": None}
+    hidden = state.secrets()
+    components: dict[str, dict[str, Any]] = {}
+
+    pg_pid = postgres.postmaster_pid(state.pg_data_dir)
+    try:
+        detail, ok = postgres.check(state.pg_admin_dsn()), True
+        if pg_pid is None:
+            detail, ok = f"something answers on port {state.pg_port}, but not our server (no postmaster.pid)", False
+    except psycopg.Error as exc:
+        detail, ok = _first_line(exc, hidden), False
+    components["postgres"] = {"ok": ok, "address": f"{state.pg_host}:{state.pg_port}", "pid": pg_pid, "detail": detail}
+
+    moto_pid = state.moto_pid if pid_alive(state.moto_pid) else None
+    try:
+        detail, ok = s3.check(state.s3_endpoint, state.s3_access_key, state.s3_secret_key, state.s3_bucket), True
+        if moto_pid is None:
+            detail, ok = f"something answers at {state.s3_endpoint}, but our moto (pid {state.moto_pid}) is gone", False
+    except (BotoCoreError, ClientError) as exc:
+        detail, ok = _first_line(exc, hidden), False
+    components["s3"] = {"ok": ok, "address": state.s3_endpoint, "pid": moto_pid, "detail": detail}
+
+    return {
+        "workdir": str(workdir),
+        "healthy": all(c["ok"] for c in components.values()),
+        "components": components,
+        "environment_file": str(state.environment_file) if state.environment_file else None,
+    }
+
+
+def _first_line(exc: BaseException, hidden: list[str]) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return scrub(lines[0] if lines else exc.__class__.__name__, hidden)

@@ -1,0 +1,122 @@
+"""What a running sandbox is: ports, pids, paths and its generated secrets.
+
+`up` writes it to `<workdir>/state.json` (mode 0600: it holds the password), and
+`down`, `status` and tests read it back. Secrets never show in a repr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tasks.errors import PermanentError
+
+STATE_FILE = "state.json"
+ENV_FILE = "sandbox.env"
+MARKER_FILE = ".runbook-sandbox"  # written first by `up`: proves to `down` that the dir is ours
+
+ENV_PG_DSN = "RUNBOOK_SANDBOX_PG_DSN"
+ENV_S3_ACCESS_KEY = "RUNBOOK_SANDBOX_S3_ACCESS_KEY"
+ENV_S3_SECRET_KEY = "RUNBOOK_SANDBOX_S3_SECRET_KEY"
+
+
+@dataclass(frozen=True)
+class SandboxState:
+    """A running sandbox: where each piece listens and how to log in to it."""
+
+    workdir: Path
+    size_mb: int
+    pg_host: str
+    pg_port: int
+    pg_user: str
+    pg_password: str = field(repr=False)
+    pg_data_dir: Path
+    pg_bin: Path
+    pg_pid: int
+    s3_endpoint: str
+    s3_bucket: str
+    s3_region: str
+    s3_access_key: str
+    s3_secret_key: str = field(repr=False)
+    moto_pid: int
+    backup_dir: Path
+    environment_file: Path | None = None
+    created_at: str = ""
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        return self.pg_data_dir.parent
+
+    def pg_admin_dsn(self, dbname: str = "postgres") -> str:
+        """libpq URI for the superuser `runbook` to `dbname`, password included: keep it out of logs."""
+        return f"postgresql://{self.pg_user}:{self.pg_password}@{self.pg_host}:{self.pg_port}/{dbname}"
+
+    def pg_env(self) -> dict[str, str]:
+        """PG* variables for a libpq tool (psql, pg_dump) as `runbook`, password in PGPASSWORD."""
+        return {
+            "PGHOST": self.pg_host,
+            "PGPORT": str(self.pg_port),
+            "PGUSER": self.pg_user,
+            "PGPASSWORD": self.pg_password,
+        }
+
+    def secret_env(self) -> dict[str, str]:
+        """The environment variables sandbox.yaml refers to, with their values."""
+        return {
+            ENV_PG_DSN: self.pg_admin_dsn("postgres"),
+            ENV_S3_ACCESS_KEY: self.s3_access_key,
+            ENV_S3_SECRET_KEY: self.s3_secret_key,
+        }
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for scrubbing messages."""
+        return [self.pg_password, self.s3_secret_key]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxState:
+        raw: dict[str, Any] = json.loads(text)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in raw:
+                continue
+            value = raw[f.name]
+            if f.name in ("workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file") and value is not None:
+                value = Path(value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (0600), atomically: it holds secrets."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+    os.replace(tmp, path)
+
+
+def save_state(state: SandboxState) -> None:
+    write_private(state.workdir / STATE_FILE, state.to_json())
+
+
+def load_state(workdir: Path) -> SandboxState | None:
+    """The state of the sandbox in `workdir`, None if there is none."""
+    path = Path(workdir) / STATE_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PermanentError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return SandboxState.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise PermanentError(f"{path} is damaged ({exc.__class__.__name__}); run `python -m sandbox down` to clean up") from None

@@ -1,0 +1,415 @@
+"""Logical backups: pg_dump streamed to storage, a manifest as the commit record,
+and the catalogue built from what storage holds.
+
+Layout under the storage URL:
+
+    <database>/<backup_id>/dump.pgc            custom format: one object
+    <database>/<backup_id>/dump/<file>         directory format: toc.dat and data files
+    <database>/<backup_id>/manifest.json       written last; without it the backup is incomplete
+
+`backup_id` is the UTC start time plus a random suffix, so ids sort by age.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from tasks.errors import CheckFailed, DumpAborted, PermanentError, TransientError
+from tasks.postgres import Server, Snapshot, find_tool, tool_major
+from tasks.redact import scrub
+from tasks.retention import BackupRecord
+from tasks.storage import CHUNK, HashingReader, Storage, get_json, put_json
+
+MANIFEST = "manifest.json"
+CUSTOM_FILE = "dump.pgc"
+DIR_PREFIX = "dump/"
+ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
+_TABLE_LINE = re.compile(r'dumping contents of table "([^"]+)"')
+
+
+class StoredFile(BaseModel):
+    key: str = Field(description="Key relative to the backup folder")
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """The commit record of a backup. Only backups with a manifest are ever restored."""
+
+    backup_id: str
+    environment: str
+    database: str
+    dbname: str
+    format: str
+    files: list[StoredFile]
+    size: int
+    sha256: str
+    row_counts: dict[str, int]
+    lsn: str
+    snapshot_time: str
+    server_version: int
+    pg_dump_version: int
+    database_size: int
+    durations: dict[str, float]
+    flow_run_id: str | None = None
+    created_at: str
+    tool: str = "runbook-flows"
+
+    @property
+    def taken_at(self) -> datetime:
+        return datetime.fromisoformat(self.snapshot_time)
+
+
+def new_backup_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def id_time(backup_id: str) -> datetime | None:
+    m = ID_RE.match(backup_id)
+    return datetime.strptime(m.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC) if m else None
+
+
+def backup_prefix(database: str, backup_id: str) -> str:
+    return f"{database}/{backup_id}/"
+
+
+# --- catalogue ---------------------------------------------------------------------------------
+
+
+class Catalogue(BaseModel):
+    manifests: dict[str, Manifest] = Field(default_factory=dict)
+    incomplete: list[str] = Field(default_factory=list)
+
+    def records(self) -> list[BackupRecord]:
+        recs = [BackupRecord(i, m.taken_at, True) for i, m in self.manifests.items()]
+        for i in self.incomplete:
+            t = id_time(i)
+            if t is not None:
+                recs.append(BackupRecord(i, t, False))
+        return recs
+
+    def newest(self) -> Manifest | None:
+        return max(self.manifests.values(), key=lambda m: m.taken_at, default=None)
+
+    def for_run(self, flow_run_id: str | None) -> Manifest | None:
+        if not flow_run_id:
+            return None
+        found = [m for m in self.manifests.values() if m.flow_run_id == flow_run_id]
+        return max(found, key=lambda m: m.taken_at, default=None)
+
+
+def read_catalogue(storage: Storage, database: str) -> Catalogue:
+    ids: dict[str, bool] = {}
+    for key in storage.list_keys(f"{database}/"):
+        parts = key.split("/")
+        if len(parts) < 3 or parts[0] != database or not ID_RE.match(parts[1]):
+            continue
+        ids[parts[1]] = ids.get(parts[1], False) or parts[2] == MANIFEST
+    cat = Catalogue()
+    for backup_id, has_manifest in sorted(ids.items()):
+        if has_manifest:
+            cat.manifests[backup_id] = Manifest.model_validate(
+                get_json(storage, f"{database}/{backup_id}/{MANIFEST}")
+            )
+        else:
+            cat.incomplete.append(backup_id)
+    return cat
+
+
+def load_manifest(storage: Storage, database: str, backup_id: str) -> Manifest:
+    if not ID_RE.match(backup_id):
+        raise PermanentError(f"backup_id {backup_id!r} is not a backup id like 20260101T020000Z-a1b2c3")
+    key = f"{database}/{backup_id}/{MANIFEST}"
+    if not storage.exists(key):
+        raise PermanentError(f"backup {backup_id!r} of {database!r} has no manifest in {storage.url}: incomplete or missing")
+    return Manifest.model_validate(get_json(storage, key))
+
+
+def write_manifest(storage: Storage, manifest: Manifest) -> None:
+    put_json(storage, f"{manifest.database}/{manifest.backup_id}/{MANIFEST}", manifest.model_dump())
+
+
+# --- dumping --------------------------------------------------------------------------------------
+
+
+class DumpProgress:
+    """Follows pg_dump -v on stderr: which tables are done, as a share of table bytes."""
+
+    def __init__(self, table_sizes: dict[str, int]) -> None:
+        self.sizes = table_sizes
+        self.total = max(sum(table_sizes.values()), 1)
+        self.started: list[str] = []
+        self.tail: deque[str] = deque(maxlen=50)
+
+    def feed(self, line: str) -> None:
+        m = _TABLE_LINE.search(line)
+        if m:
+            self.started.append(m.group(1))
+        elif "pg_dump: dumping contents" not in line:
+            self.tail.append(line)
+
+    def fraction(self) -> float:
+        done = sum(self.sizes.get(t, 0) for t in self.started[:-1])  # the last one is in progress
+        return min(done / self.total, 0.99)
+
+
+def _drain(stream: Any, progress: DumpProgress) -> None:
+    for raw in iter(stream.readline, b""):
+        progress.feed(raw.decode(errors="replace").rstrip())
+
+
+def _dump_failed(proc: subprocess.Popen[bytes], progress: DumpProgress) -> Exception:
+    err = scrub("\n".join(progress.tail))[-2000:]
+    if proc.returncode is not None and proc.returncode < 0:
+        return DumpAborted(f"pg_dump was killed by signal {-proc.returncode}; upload aborted. {err}")
+    # pg_dump exits 1 for every failure; a connection lost mid-dump is the common,
+    # retryable case, and a permanent cause (auth, missing db) was ruled out in preflight.
+    return TransientError(f"pg_dump failed (exit {proc.returncode}); upload aborted: {err}")
+
+
+def stream_custom_dump(
+    server: Server,
+    dbname: str,
+    snapshot: Snapshot,
+    storage: Storage,
+    key: str,
+    compress: int,
+    on_progress: Callable[[float, int], None],
+) -> StoredFile:
+    """pg_dump -Fc straight into storage, hashing on the way; no local copy."""
+    pg_dump = find_tool("pg_dump", snapshot.server_version // 10000)
+    args = [pg_dump, "-Fc", f"-Z{compress}", f"--snapshot={snapshot.snapshot_id}", "-v", "--no-password"]
+    progress = DumpProgress(snapshot.table_sizes)
+    writer = storage.writer(key)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server.env(dbname))
+    drain = threading.Thread(target=_drain, args=(proc.stderr, progress), daemon=True)
+    drain.start()
+    sha = hashlib.sha256()
+    last = 0.0
+    try:
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(CHUNK):
+            sha.update(chunk)
+            writer.write(chunk)
+            if time.monotonic() - last > 2:
+                last = time.monotonic()
+                on_progress(progress.fraction(), writer.bytes_written)
+        proc.wait()
+        drain.join()
+        if proc.returncode != 0:
+            raise _dump_failed(proc, progress)
+        writer.commit()
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        writer.abort()
+        raise
+    finally:
+        drain.join(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    return StoredFile(key=CUSTOM_FILE, size=writer.bytes_written, sha256=sha.hexdigest())
+
+
+def dump_directory(
+    server: Server,
+    dbname: str,
+    snapshot: Snapshot,
+    storage: Storage,
+    prefix: str,
+    compress: int,
+    jobs: int,
+    on_progress: Callable[[float, int], None],
+) -> list[StoredFile]:
+    """pg_dump -Fd -j N to a local temp folder, then upload each file with its hash."""
+    pg_dump = find_tool("pg_dump", snapshot.server_version // 10000)
+    files: list[StoredFile] = []
+    with tempfile.TemporaryDirectory(prefix="runbook-dump-") as tmp:
+        out = Path(tmp) / "dump"
+        args = [pg_dump, "-Fd", f"-j{jobs}", f"-Z{compress}", f"--snapshot={snapshot.snapshot_id}",
+                "-v", "--no-password", "-f", str(out)]
+        progress = DumpProgress(snapshot.table_sizes)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=server.env(dbname))
+        _drain(proc.stderr, progress)
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+        if proc.returncode != 0:
+            raise _dump_failed(proc, progress)
+        uploaded = 0
+        for path in sorted(out.iterdir()):
+            rel = DIR_PREFIX + path.name
+            writer = storage.writer(prefix + rel)
+            sha = hashlib.sha256()
+            try:
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(CHUNK):
+                        sha.update(chunk)
+                        writer.write(chunk)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            files.append(StoredFile(key=rel, size=writer.bytes_written, sha256=sha.hexdigest()))
+            uploaded += writer.bytes_written
+            on_progress(0.99, uploaded)
+    return files
+
+
+def combined_sha256(files: list[StoredFile]) -> str:
+    """One checksum for a backup: the file's own for one file, else a hash over the list."""
+    if len(files) == 1:
+        return files[0].sha256
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.key):
+        h.update(f"{f.key} {f.size} {f.sha256}\n".encode())
+    return h.hexdigest()
+
+
+# --- verifying and fetching -------------------------------------------------------------------
+
+
+def verify_stored(storage: Storage, prefix: str, files: list[StoredFile], backup_id: str,
+                  fmt: str, server_major: int | None = None) -> list[str]:
+    """Read every stored object back: compare sha256 and size with what was written, and
+    read the archive's table of contents with `pg_restore --list`. Returns the TOC."""
+    pg_restore = find_tool("pg_restore", server_major)
+    toc: list[str] | None = None
+    with tempfile.TemporaryDirectory(prefix="runbook-verify-") as tmp:
+        for f in files:
+            listing = None
+            sink = None
+            if fmt == "custom":
+                # Output to files, not pipes: a long TOC must not block pg_restore while we feed it.
+                out_f = open(Path(tmp) / "toc.txt", "w+b")  # noqa: SIM115
+                err_f = open(Path(tmp) / "toc.err", "w+b")  # noqa: SIM115
+                listing = subprocess.Popen([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
+                                           bufsize=0)  # unbuffered: nothing left to flush at close
+            elif f.key == DIR_PREFIX + "toc.dat":
+                (Path(tmp) / "dump").mkdir()
+                sink = open(Path(tmp) / "dump" / "toc.dat", "wb")  # noqa: SIM115
+            reader = HashingReader(storage.iter_chunks(prefix + f.key))
+            for chunk in reader:
+                if listing is not None and listing.stdin is not None:
+                    try:
+                        listing.stdin.write(chunk)
+                    except BrokenPipeError:  # it has read the TOC and left
+                        listing.stdin.close()
+                        listing.stdin = None
+                if sink is not None:
+                    sink.write(chunk)
+            if sink is not None:
+                sink.close()
+            if reader.sha256.hexdigest() != f.sha256 or reader.size != f.size:
+                if listing is not None:
+                    listing.kill()
+                    listing.wait()
+                raise CheckFailed(
+                    f"backup {backup_id}: checksum check failed for {f.key}: expected sha256 {f.sha256} "
+                    f"({f.size} bytes), stored object has {reader.sha256.hexdigest()} ({reader.size} bytes)"
+                )
+            if listing is not None:
+                if listing.stdin is not None:
+                    listing.stdin.close()
+                    listing.stdin = None
+                listing.wait()
+                out_f.seek(0)
+                err_f.seek(0)
+                out, err = out_f.read(), err_f.read()
+                out_f.close()
+                err_f.close()
+                if listing.returncode != 0:
+                    raise CheckFailed(f"backup {backup_id}: pg_restore --list failed: "
+                                      f"{scrub(err.decode(errors='replace').strip())[-1000:]}")
+                toc = _toc_lines(out.decode(errors="replace"))
+        if fmt == "directory":
+            toc = restore_list(Path(tmp) / "dump", server_major)
+    if toc is None:
+        raise CheckFailed(f"backup {backup_id}: no table of contents found")
+    return toc
+
+
+def _toc_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith(";")]
+
+
+def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[Path, float]:
+    """Make the backup available as a local file or folder for pg_restore, checking every
+    byte against the manifest on the way. Local storage is verified in place, not copied.
+    Returns the path and the seconds spent."""
+    start = time.monotonic()
+    prefix = backup_prefix(manifest.database, manifest.backup_id)
+    for f in manifest.files:
+        local = storage.local_path(prefix + f.key)
+        if local is not None:
+            reader = HashingReader(storage.iter_chunks(prefix + f.key))
+            for _ in reader:
+                pass
+        else:
+            local = workdir / f.key
+            local.parent.mkdir(parents=True, exist_ok=True)
+            reader = HashingReader(storage.iter_chunks(prefix + f.key))
+            with open(local, "wb") as fh:
+                for chunk in reader:
+                    fh.write(chunk)
+        if reader.sha256.hexdigest() != f.sha256 or reader.size != f.size:
+            raise CheckFailed(
+                f"backup {manifest.backup_id}: checksum check failed for {f.key}: expected sha256 {f.sha256} "
+                f"({f.size} bytes), got {reader.sha256.hexdigest()} ({reader.size} bytes)"
+            )
+    first = storage.local_path(prefix + manifest.files[0].key)
+    if manifest.format == "custom":
+        path = first if first is not None else workdir / CUSTOM_FILE
+    else:
+        path = first.parent if first is not None else workdir / DIR_PREFIX.rstrip("/")
+    return path, time.monotonic() - start
+
+
+def restore_list(path: Path, server_major: int | None = None) -> list[str]:
+    """`pg_restore --list`: the archive's table of contents; fails on a damaged archive."""
+    pg_restore = find_tool("pg_restore", server_major)
+    proc = subprocess.run([pg_restore, "--list", str(path)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise CheckFailed(f"pg_restore --list failed: {scrub(proc.stderr.strip())[-1000:]}")
+    return _toc_lines(proc.stdout)
+
+
+def tables_in_toc(toc: list[str]) -> set[str]:
+    """Tables with a TABLE DATA entry, as schema.table."""
+    found = set()
+    for line in toc:
+        m = re.search(r"TABLE DATA (\S+) (\S+) ", line)
+        if m:
+            found.add(f"{m.group(1)}.{m.group(2)}")
+    return found
+
+
+def pg_restore_into(server: Server, dbname: str, path: Path, jobs: int, server_major: int | None = None) -> None:
+    pg_restore = find_tool("pg_restore", server_major)
+    args = [pg_restore, f"-j{jobs}", "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
+            "-d", dbname, str(path)]
+    env = server.env(dbname)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise PermanentError(f"pg_restore into {dbname} failed (exit {proc.returncode}): "
+                             f"{scrub(proc.stderr.strip())[-2000:]}")
+
+
+def pg_dump_major(server_major: int) -> int:
+    return tool_major(find_tool("pg_dump", server_major))

@@ -1,0 +1,77 @@
+"""Verdicts of a restore test, as plain functions: figures in, a pass or fail with its reason out."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from tasks.config import SmokeQuery
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+def row_counts_match(expected: dict[str, int], actual: dict[str, int]) -> Check:
+    diffs = []
+    for table in sorted(set(expected) | set(actual)):
+        e, a = expected.get(table), actual.get(table)
+        if e != a:
+            diffs.append(f"{table}: manifest {e if e is not None else 'absent'}, restored {a if a is not None else 'absent'}")
+    total = sum(expected.values())
+    if diffs:
+        return Check("row counts", False, f"{len(diffs)} table(s) differ: " + "; ".join(diffs[:10]))
+    return Check("row counts", True, f"{len(expected)} tables, {total} rows, all equal to the manifest")
+
+
+def indexes_intact(results: dict[str, str]) -> Check:
+    bad = {k: v for k, v in results.items() if v != "ok"}
+    if bad:
+        return Check("amcheck", False, "; ".join(f"{k}: {v}" for k, v in sorted(bad.items())[:10]))
+    return Check("amcheck", True, f"bt_index_check passed on {len(results)} B-tree indexes")
+
+
+def smoke_query(q: SmokeQuery, value: Any) -> Check:
+    name = f"smoke: {q.name}"
+    problems = []
+    if value is None and (q.min is not None or q.max is not None or q.equals is not None):
+        problems.append("returned no value")
+    else:
+        if q.equals is not None and str(value) != str(q.equals) and value != q.equals:
+            problems.append(f"expected {q.equals!r}")
+        try:
+            if q.min is not None and float(value) < q.min:
+                problems.append(f"expected at least {q.min:g}")
+            if q.max is not None and float(value) > q.max:
+                problems.append(f"expected at most {q.max:g}")
+        except (TypeError, ValueError):
+            problems.append("is not a number")
+    if problems:
+        return Check(name, False, f"got {value!r}: " + ", ".join(problems))
+    return Check(name, True, f"got {value!r}")
+
+
+def rpo_met(backup_age: timedelta, rpo: timedelta) -> Check:
+    ok = backup_age <= rpo
+    return Check("RPO", ok, f"backup age {_fmt(backup_age)} {'within' if ok else 'exceeds'} objective {_fmt(rpo)}")
+
+
+def rto_met(seconds: float, rto: timedelta) -> Check:
+    ok = seconds <= rto.total_seconds()
+    return Check("RTO", ok, f"restore and verify took {seconds:.1f}s; objective {_fmt(rto)}")
+
+
+def _fmt(d: timedelta) -> str:
+    s = int(d.total_seconds())
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
+
+
+def scratch_name(dbname: str, at: datetime, run_id: str) -> str:
+    """A unique, recognisable scratch database name within PostgreSQL's 63 bytes."""
+    suffix = re.sub(r"[^a-z0-9]", "", run_id.lower())[:8] or "manual"
+    return f"rt_{dbname[:30]}_{at:%Y%m%d%H%M%S}_{suffix}".lower()

@@ -1,0 +1,357 @@
+"""Environment config: what a runbook acts on, one YAML file per environment.
+
+`load_environment("staging")` reads `environments/staging.yaml` (or the folder named by
+RUNBOOK_ENVIRONMENTS_DIR), validates it with the models below and fails with the file,
+the key, the value and what is allowed. Nothing runs before the config is valid.
+
+Secrets never live in these files: a `SecretRef` names a Prefect Secret block or an
+environment variable, and resolves only when a task needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks import redact
+from tasks.errors import ConfigError, SecretMissing
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- secrets -------------------------------------------------------------------------
+
+
+class SecretRef(Model):
+    """A secret by name: a Prefect Secret block, or an environment variable."""
+
+    secret: str | None = Field(None, description="Name of a Prefect Secret block")
+    env: str | None = Field(None, description="Name of an environment variable")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.secret is None) == (self.env is None):
+            raise ValueError("give exactly one of 'secret' (Prefect Secret block name) or 'env' (variable name)")
+        return self
+
+    def describe(self) -> str:
+        return f"Secret block {self.secret!r}" if self.secret else f"environment variable {self.env!r}"
+
+    def resolve(self) -> str:
+        """The secret's value. A missing or empty secret is an error, never ''."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+        else:
+            value = _load_secret_block(self.secret or "")
+        if not value:
+            raise SecretMissing(f"secret {self.describe()} is not set or empty")
+        redact.remember(value)
+        return value
+
+
+def _load_secret_block(name: str) -> str | None:
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name, _sync=True).get())  # type: ignore[call-arg]
+    except ValueError:
+        return None
+
+
+# --- durations -----------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value.strip())
+        if m:
+            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError("a duration like '90s', '15m', '1h', '2d' or a number of seconds")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+# --- storage -------------------------------------------------------------------------
+
+
+class S3Options(Model):
+    endpoint_url: str | None = Field(None, description="S3 endpoint, for S3-compatible stores or a sandbox")
+    region: str | None = Field(None, description="AWS region of the bucket")
+    sse: Literal["AES256", "aws:kms"] | None = Field(None, description="Server-side encryption")
+    kms_key_id: str | None = Field(None, description="KMS key id, with sse: aws:kms")
+    access_key_id: SecretRef | None = Field(None, description="Access key id; default: the AWS credential chain")
+    secret_access_key: SecretRef | None = Field(None, description="Secret access key")
+    part_size_mb: int = Field(16, ge=5, le=512, description="Multipart upload part size")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> S3Options:
+        if self.kms_key_id and self.sse != "aws:kms":
+            raise ValueError("kms_key_id needs sse: aws:kms")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key, or neither")
+        return self
+
+
+class StorageConfig(Model):
+    url: str = Field(description="Where backups go: s3://bucket/prefix or file:///absolute/path")
+    s3: S3Options = Field(default_factory=S3Options, description="S3 options, for s3:// URLs")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parsed = urlparse(v)
+        if parsed.scheme == "s3":
+            if not parsed.netloc or not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", parsed.netloc):
+                raise ValueError("an S3 URL needs a valid bucket name: s3://bucket/prefix")
+        elif parsed.scheme == "file":
+            if parsed.netloc or not parsed.path.startswith("/"):
+                raise ValueError("a file URL needs an absolute path: file:///var/backups/db")
+        else:
+            raise ValueError("allowed: s3://bucket/prefix or file:///absolute/path")
+        return v.rstrip("/")
+
+
+# --- retention and objectives ---------------------------------------------------------
+
+
+class Retention(Model):
+    """Either `days: N`, or grandfather-father-son `daily/weekly/monthly` counts."""
+
+    days: int | None = Field(None, ge=1, le=3650, description="Keep every backup younger than N days")
+    daily: int | None = Field(None, ge=0, le=3650, description="GFS: newest backup of each of the last N days")
+    weekly: int | None = Field(None, ge=0, le=520, description="GFS: newest backup of each of the last N weeks")
+    monthly: int | None = Field(None, ge=0, le=240, description="GFS: newest backup of each of the last N months")
+
+    @model_validator(mode="after")
+    def _one_style(self) -> Retention:
+        gfs = [x for x in (self.daily, self.weekly, self.monthly) if x is not None]
+        if self.days is not None and gfs:
+            raise ValueError("give either 'days' or 'daily/weekly/monthly', not both")
+        if self.days is None and not gfs:
+            raise ValueError("give 'days: N' or at least one of 'daily', 'weekly', 'monthly'")
+        return self
+
+
+class Objectives(Model):
+    rto: Duration = Field(description="Recovery time objective: restore plus verify must fit in it")
+    rpo: Duration = Field(description="Recovery point objective: the newest backup must be younger")
+
+
+class SmokeQuery(Model):
+    name: str = Field(description="What the query checks, for the report")
+    sql: str = Field(description="A read-only query; its first column of its first row is checked")
+    min: float | None = Field(None, description="The value must be at least this")
+    max: float | None = Field(None, description="The value must be at most this")
+    equals: str | int | float | bool | None = Field(None, description="The value must equal this")
+
+
+class RestoreTestConfig(Model):
+    dsn: SecretRef | None = Field(None, description="Server for scratch restores; default: the database's own server")
+    jobs: int = Field(2, ge=1, le=64, description="pg_restore -j")
+    smoke_queries: list[SmokeQuery] = Field(default_factory=list, description="Queries run on the restored copy")
+
+
+# --- databases -------------------------------------------------------------------------
+
+
+class DatabaseConfig(Model):
+    dsn: SecretRef = Field(description="Connection string of the server (libpq URI or key=value)")
+    dbname: str | None = Field(None, description="Database name on the server; default: the entry's key")
+    storage: StorageConfig
+    format: Literal["custom", "directory"] = Field("custom", description="pg_dump format")
+    jobs: int = Field(2, ge=1, le=64, description="Parallel jobs for pg_dump -Fd and pg_restore")
+    compress: int = Field(6, ge=0, le=9, description="pg_dump compression level")
+    retention: Retention
+    objectives: Objectives
+    restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
+    timezone: str | None = Field(None, description="Timezone for retention buckets; default: the environment's")
+
+    def check_secrets(self) -> None:
+        """Resolve every secret this database needs, so a missing one fails before any step."""
+        refs = [self.dsn, self.storage.s3.access_key_id, self.storage.s3.secret_access_key, self.restore_test.dsn]
+        for ref in refs:
+            if ref is not None:
+                ref.resolve()
+
+    @field_validator("dbname")
+    @classmethod
+    def _dbname(cls, v: str | None) -> str | None:
+        if v is not None and not DBNAME_RE.match(v):
+            raise ValueError("a database name: letters, digits and _, starting with a letter or _")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str | None) -> str | None:
+        return _check_timezone(v) if v is not None else v
+
+
+class Schedules(Model):
+    backup: str = Field("0 2 * * *", description="Cron for backup_all, in the environment's timezone")
+    restore_test: str = Field("0 3 * * 0", description="Cron for the restore tests")
+
+    @field_validator("backup", "restore_test")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v, timezone="UTC")
+        except ValidationError:
+            raise ValueError("a 5-field cron expression like '0 2 * * *'") from None
+        return v
+
+
+class EnvironmentConfig(Model):
+    name: str = Field(description="Environment name, as in the file name")
+    timezone: str = Field("UTC", description="IANA timezone for schedules and retention")
+    protected: bool = Field(False, description="Destructive steps need an approval")
+    backup_concurrency: int = Field(2, ge=1, le=32, description="Backups that may run at once")
+    schedules: Schedules = Field(default_factory=Schedules)
+    databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("lower-case letters, digits and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _check_timezone(v)
+
+    @field_validator("databases")
+    @classmethod
+    def _db_keys(cls, v: dict[str, DatabaseConfig]) -> dict[str, DatabaseConfig]:
+        for key, db in v.items():
+            if db.dbname is None and not DBNAME_RE.match(key):
+                raise ValueError(f"database key {key!r} is not a valid database name; set 'dbname'")
+        return v
+
+    def database(self, name: str) -> DatabaseConfig:
+        try:
+            return self.databases[name]
+        except KeyError:
+            known = ", ".join(sorted(self.databases)) or "(none)"
+            raise ConfigError(f"database {name!r} is not in environment {self.name!r}; known: {known}") from None
+
+    def tz_for(self, name: str) -> ZoneInfo:
+        return ZoneInfo(self.database(name).timezone or self.timezone)
+
+
+def _check_timezone(v: str) -> str:
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("an IANA timezone like 'UTC', 'Europe/London' or 'Asia/Kolkata'") from None
+    return v
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def environments_dir() -> Path:
+    return Path(os.environ.get("RUNBOOK_ENVIRONMENTS_DIR") or REPO_ROOT / "environments")
+
+
+def environment_path(name: str) -> Path:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"environment {name!r} is not a valid name: lower-case letters, digits and '-'")
+    path = environments_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in environments_dir().glob("*.yaml"))
+        raise ConfigError(f"environment {name!r} has no file {path}; known: {', '.join(known) or '(none)'}")
+    return path
+
+
+def load_environment(name_or_path: str | Path) -> EnvironmentConfig:
+    """Load and validate one environment, by name or by file path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = environment_path(str(name_or_path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        return EnvironmentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def format_validation_error(path: Path | str, exc: ValidationError, model: type[BaseModel] = EnvironmentConfig) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, err["loc"][:-1])
+            lines.append(f"  {loc}: unknown key {err['loc'][-1]!r}; allowed: {', '.join(allowed)}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Walk the model along an error location to list the keys allowed there."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) and issubclass(current, BaseModel) else None
+        if field is None:
+            continue  # a dict key (database name)
+        current = _model_of(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    from typing import get_args
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,341 @@
+"""PostgreSQL: connections with psycopg 3, and the client tools pg_dump and pg_restore.
+
+Passwords never go on a command line: the tools get the connection through libpq
+environment variables (PGPASSWORD among them) in the child's environment only, and any
+text that comes back is scrubbed of secrets before it is raised or logged.
+
+psycopg errors are classified by SQLSTATE, never by message text: class 08 (connection),
+57P01-57P03 (shutdown) and 53xxx (resources) are transient; 28xxx (auth) and 3D000
+(no such database) are permanent. libpq gives no SQLSTATE for a failed connection, so
+there a probe decides: nobody listening is transient, a server that refuses is permanent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from tasks.errors import CheckFailed, ConfigError, PermanentError, TransientError
+from tasks.redact import scrub
+
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+    "options": "PGOPTIONS",
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where a database lives: connection parameters, with the password kept out of repr."""
+
+    params: dict[str, str]
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> Server:
+        try:
+            params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+        except psycopg.ProgrammingError:
+            raise ConfigError("the DSN is not a valid libpq connection string or URI") from None
+        params.setdefault("connect_timeout", "10")
+        params.setdefault("application_name", "runbook-flows")
+        return cls(params)
+
+    def __repr__(self) -> str:
+        return f"Server(host={self.params.get('host')!r}, port={self.params.get('port')!r})"
+
+    def describe(self) -> str:
+        return f"{self.params.get('host', 'localhost')}:{self.params.get('port', '5432')}"
+
+    def with_db(self, dbname: str) -> dict[str, str]:
+        return {**self.params, "dbname": dbname}
+
+    def env(self, dbname: str) -> dict[str, str]:
+        """A child environment carrying the connection, for pg_dump and pg_restore."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        for key, value in self.with_db(dbname).items():
+            if key in _LIBPQ_ENV:
+                env[_LIBPQ_ENV[key]] = value
+        return env
+
+
+def classify(exc: BaseException) -> BaseException:
+    """Turn a psycopg error into TransientError or PermanentError by its SQLSTATE."""
+    if not isinstance(exc, psycopg.Error):
+        return exc
+    state = exc.sqlstate or ""
+    text = scrub(str(exc).strip())
+    if state.startswith("28"):
+        return PermanentError(f"authentication refused ({state}): {text}")
+    if state == "3D000":
+        return PermanentError(f"database does not exist: {text}")
+    if state == "42501":
+        return PermanentError(f"permission denied: {text}")
+    if not state or state.startswith(("08", "53", "57P")) or state == "40001":
+        if isinstance(exc, psycopg.OperationalError) or state:
+            return TransientError(f"database connection problem ({state or 'no SQLSTATE'}): {text}")
+    return PermanentError(f"database error ({state}): {text}")
+
+
+def server_answers(server: Server, timeout: float = 3.0) -> bool:
+    """Whether anything listens where the server should be (TCP port or unix socket)."""
+    host = server.params.get("host") or server.params.get("hostaddr") or "localhost"
+    port = int(server.params.get("port") or 5432)
+    for h in host.split(","):
+        try:
+            if h.startswith("/"):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(timeout)
+                    s.connect(f"{h}/.s.PGSQL.{port}")
+            else:
+                socket.create_connection((h, port), timeout=timeout).close()
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def classify_connect_error(server: Server, dbname: str, exc: psycopg.Error) -> BaseException:
+    """libpq reports connection failures without a SQLSTATE. Tell them apart by probing:
+    nothing listening is transient (server down, restarting, network); a server that
+    answers and refuses the session (auth, pg_hba, missing database) is permanent."""
+    if exc.sqlstate:
+        return classify(exc)
+    text = scrub(str(exc).strip())
+    if not server_answers(server):
+        return TransientError(f"database server {server.describe()} does not answer: {text}")
+    return PermanentError(f"database server {server.describe()} refused a session on {dbname!r}: {text}")
+
+
+@contextlib.contextmanager
+def connect(server: Server, dbname: str, autocommit: bool = True) -> Iterator[psycopg.Connection[Any]]:
+    try:
+        conn = psycopg.connect(**server.with_db(dbname), autocommit=autocommit)
+    except psycopg.Error as exc:
+        raise classify_connect_error(server, dbname, exc) from None
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        raise classify(exc) from None
+
+
+# --- facts ----------------------------------------------------------------------------------
+
+
+def server_version_num(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SHOW server_version_num").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def major_of(version_num: int) -> int:
+    return version_num // 10000
+
+
+def find_tool(name: str, server_major: int | None = None) -> str:
+    """The client tool to use: PG_BIN_DIR if set, else the server's major version's
+    Debian directory, else the newest under /usr/lib/postgresql, else PATH."""
+    candidates: list[Path] = []
+    if os.environ.get("PG_BIN_DIR"):
+        candidates.append(Path(os.environ["PG_BIN_DIR"]) / name)
+    base = Path("/usr/lib/postgresql")
+    if server_major is not None:
+        candidates.append(base / str(server_major) / "bin" / name)
+    if base.is_dir():
+        versions = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name), reverse=True)
+        candidates.extend(v / "bin" / name for v in versions)
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which(name)
+    if not found:
+        raise PermanentError(f"{name} not found: install postgresql-client or set PG_BIN_DIR")
+    return found
+
+
+def tool_major(path: str) -> int:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"(\d+)(?:\.\d+)?", out)
+    if not m:
+        raise PermanentError(f"cannot read the version of {path}: {out.strip()!r}")
+    return int(m.group(1))
+
+
+def user_tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r'
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+          AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Exact row count of every user table (ONLY: no double counting of inheritance)."""
+    counts: dict[str, int] = {}
+    for schema, table in user_tables(conn):
+        q = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        row = conn.execute(q).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def table_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    rows = conn.execute(
+        """
+        SELECT n.nspname || '.' || c.relname, pg_table_size(c.oid)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%'
+        """
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str
+    lsn: str
+    taken_at: str  # ISO timestamp from the server's now()
+    row_counts: dict[str, int]
+    table_sizes: dict[str, int]
+    server_version: int
+    database_size: int
+
+
+@contextlib.contextmanager
+def exported_snapshot(server: Server, dbname: str) -> Iterator[Snapshot]:
+    """Hold a REPEATABLE READ transaction open with an exported snapshot. Row counts,
+    the LSN and now() are read inside it, so pg_dump --snapshot sees exactly that state."""
+    with connect(server, dbname, autocommit=False) as conn:
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snap_row = conn.execute(
+                "SELECT pg_export_snapshot(), "
+                "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
+                "now(), pg_database_size(current_database())"
+            ).fetchone()
+            assert snap_row is not None
+            snapshot = Snapshot(
+                snapshot_id=snap_row[0],
+                lsn=str(snap_row[1]),
+                taken_at=snap_row[2].isoformat(),
+                row_counts=row_counts(conn),
+                table_sizes=table_sizes(conn),
+                server_version=server_version_num(conn),
+                database_size=int(snap_row[3]),
+            )
+        except psycopg.Error as exc:
+            raise classify(exc) from None
+        yield snapshot
+        conn.rollback()
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+def run_tool(args: list[str], server: Server, dbname: str, what: str, timeout: float | None = None) -> str:
+    """Run a client tool to completion; raise with its (scrubbed) stderr on failure."""
+    proc = subprocess.run(args, env=server.env(dbname), capture_output=True, text=True, check=False, timeout=timeout)
+    if proc.returncode != 0:
+        err = scrub(proc.stderr.strip())[-2000:]
+        if proc.returncode < 0:
+            raise PermanentError(f"{what} was killed by signal {-proc.returncode}: {err}")
+        raise PermanentError(f"{what} failed (exit {proc.returncode}): {err}")
+    return proc.stdout
+
+
+def create_database(server: Server, name: str) -> None:
+    with connect(server, "postgres") as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+
+
+def drop_database(server: Server, name: str) -> bool:
+    """Drop a database, terminating its sessions. True if it existed."""
+    with connect(server, "postgres") as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if row is None:
+            return False
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        return True
+
+
+def database_exists(server: Server, name: str) -> bool:
+    with connect(server, "postgres") as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def list_databases(server: Server, like: str) -> list[str]:
+    with connect(server, "postgres") as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1", (like,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def amcheck_indexes(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Run amcheck's bt_index_check on every valid B-tree index; index -> 'ok' or the error."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+    rows = conn.execute(
+        """
+        SELECT c.oid, n.nspname || '.' || c.relname
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_am am ON am.oid = c.relam
+        WHERE am.amname = 'btree' AND i.indisvalid AND i.indisready
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+        ORDER BY 2
+        """
+    ).fetchall()
+    results: dict[str, str] = {}
+    for oid, name in rows:
+        try:
+            conn.execute("SELECT bt_index_check(%s::regclass, true)", (oid,))
+            results[name] = "ok"
+        except psycopg.Error as exc:
+            if exc.sqlstate and exc.sqlstate.startswith("08"):
+                raise classify(exc) from None
+            results[name] = scrub(str(exc).strip())
+    return results
+
+
+def first_value(conn: psycopg.Connection[Any], query: str) -> Any:
+    """Run a read-only smoke query and return its first column of its first row."""
+    try:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION READ ONLY")
+            row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        if exc.sqlstate and exc.sqlstate.startswith("08"):
+            raise classify(exc) from None
+        raise CheckFailed(scrub(str(exc).strip())) from None
+    return None if row is None else row[0]

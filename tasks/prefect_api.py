@@ -1,0 +1,83 @@
+"""Prefect as an outside system: artifacts, events and global concurrency limits.
+
+Artifact keys must match ^[a-z0-9-]*$; `artifact_key()` makes them so. Concurrency
+limits are created when missing, because `concurrency(..., strict=True)` fails on a
+missing limit and a non-strict one silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from tasks.redact import scrub
+
+
+def artifact_key(*parts: str) -> str:
+    key = "-".join(re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts if p)
+    return re.sub(r"-{2,}", "-", key)[:100].strip("-")
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "_(none)_\n"
+    cols = list(columns or rows[0].keys())
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        out.append("| " + " | ".join(_cell(row.get(c, "")) for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def publish_report(key: str, markdown: str, description: str) -> None:
+    create_markdown_artifact(key=key, markdown=scrub(markdown), description=scrub(description))
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    clean = [{k: scrub(str(v)) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+    create_table_artifact(key=key, table=clean, description=scrub(description))
+
+
+def emit(event: str, resource_id: str, payload: dict[str, Any], related: list[dict[str, str]] | None = None) -> None:
+    """Emit a `runbook.*` event about one resource; strings are scrubbed of secrets."""
+    assert event.startswith("runbook."), event
+    clean = {k: scrub(v) if isinstance(v, str) else v for k, v in payload.items()}
+    emit_event(event=event, resource={"prefect.resource.id": resource_id}, payload=clean, related=related)
+
+
+def ensure_concurrency_limit(name: str, limit: int) -> None:
+    """Create the global concurrency limit if missing; align its size with config."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            except ObjectAlreadyExists:  # another run created it first
+                pass
+            return
+        if existing.limit != limit:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
+
+
+@contextmanager
+def holding(limits: dict[str, int], timeout_seconds: float) -> Iterator[None]:
+    """Hold one slot of each named global limit, creating limits as needed."""
+    from prefect.concurrency.sync import concurrency
+
+    for name, size in limits.items():
+        ensure_concurrency_limit(name, size)
+    with concurrency(list(limits), occupy=1, timeout_seconds=timeout_seconds, strict=True):
+        yield

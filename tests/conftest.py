@@ -1,0 +1,81 @@
+"""Test harness: a real Prefect API (prefect_test_harness) and the real sandbox
+(PostgreSQL 15 and moto's S3 server), shared by the whole session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# Before Prefect is imported: settings are read at import time.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="runbook-tests-"))
+os.environ["PREFECT_HOME"] = str(_SESSION_TMP / "prefect-home")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"  # avoids "database is locked"
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_SESSION_TMP / "results")  # no cache leaks between runs
+os.environ["PREFECT_LOGGING_LEVEL"] = "INFO"
+os.environ.pop("RUNBOOK_FAULTS", None)
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api() -> Iterator[None]:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    # No heartbeats: each flow run ends about a second sooner.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
+    shutil.rmtree(_SESSION_TMP, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def environments_dir() -> Path:
+    path = _SESSION_TMP / "environments"
+    path.mkdir(exist_ok=True)
+    os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sandbox(environments_dir: Path) -> Iterator[Any]:
+    from sandbox import api
+
+    workdir = Path(tempfile.mkdtemp(prefix="runbook-sandbox-test-"))
+    workdir.rmdir()  # up() creates it with the right owner
+    state = api.up(workdir=workdir, size_mb=8, environments_dir=environments_dir)
+    saved = {k: os.environ.get(k) for k in state.secret_env()}
+    os.environ.update(state.secret_env())
+    try:
+        yield state
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        api.down(workdir)
+
+
+@pytest.fixture
+def make_environment(sandbox: Any, environments_dir: Path) -> Any:
+    """Write a variant of the sandbox environment: `make_environment("t1", edit)` where
+    `edit(dict)` changes the config in place. Returns the environment's name."""
+    from sandbox import api
+
+    def make(name: str, edit: Any = None) -> str:
+        doc = api.environment_dict(sandbox, name=name)
+        for db in doc["databases"].values():  # each variant gets its own storage prefix
+            url = db["storage"]["url"]
+            db["storage"]["url"] = f"{url}/{name}"
+        if edit is not None:
+            edit(doc)
+        (environments_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        return name
+
+    return make

@@ -1,0 +1,216 @@
+"""Backup and restore-test flows against the real sandbox: PostgreSQL 15, moto's S3
+server over HTTP, and a real Prefect API."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.backup import backup_all, backup_database
+from flows.restore_test import restore_test
+from tasks import backups, postgres
+from tasks.config import load_environment
+from tasks.faults import reset as reset_faults
+from tasks.storage import S3Storage, open_storage
+
+
+def storage_of(env_name: str, database: str) -> Any:
+    return open_storage(load_environment(env_name).database(database).storage)
+
+
+def live_counts(env_name: str, database: str) -> dict[str, int]:
+    cfg = load_environment(env_name).database(database)
+    with postgres.connect(postgres.Server.from_dsn(cfg.dsn.resolve()), cfg.dbname or database) as conn:
+        return postgres.row_counts(conn)
+
+
+def stored_sha256(storage: Any, manifest: backups.Manifest) -> str:
+    h = hashlib.sha256()
+    for chunk in storage.iter_chunks(f"{manifest.database}/{manifest.backup_id}/{manifest.files[0].key}"):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("database", ["fleet", "pgbench"], ids=["s3", "file"])
+def test_backup_then_restore_test_round_trip(make_environment: Any, database: str) -> None:
+    env = make_environment(f"roundtrip-{database}")
+    result = backup_database(env, database)
+    storage = storage_of(env, database)
+    manifest = backups.load_manifest(storage, database, result["backup_id"])
+
+    assert manifest.row_counts == live_counts(env, database)
+    assert sum(manifest.row_counts.values()) > 0
+    assert stored_sha256(storage, manifest) == manifest.sha256 == result["sha256"]
+
+    verdict = restore_test(env, database)
+    assert verdict["backup_id"] == manifest.backup_id
+    # The scratch database is gone afterwards.
+    cfg = load_environment(env).database(database)
+    assert postgres.list_databases(postgres.Server.from_dsn(cfg.dsn.resolve()), "rt_%") == []
+
+
+def test_restore_test_fails_when_one_byte_is_flipped(make_environment: Any) -> None:
+    env = make_environment("flipped")
+    result = backup_database(env, "pgbench")
+    storage = storage_of(env, "pgbench")
+    path = storage.local_path(f"pgbench/{result['backup_id']}/{backups.CUSTOM_FILE}")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    state = restore_test(env, "pgbench", return_state=True)
+    assert state.is_failed()
+    assert result["backup_id"] in state.message
+    assert "checksum check failed" in state.message
+
+
+def test_restore_test_fails_on_a_flipped_byte_in_s3(make_environment: Any) -> None:
+    env = make_environment("flipped-s3")
+    result = backup_database(env, "fleet")
+    storage = storage_of(env, "fleet")
+    key = f"fleet/{result['backup_id']}/{backups.CUSTOM_FILE}"
+    data = bytearray(storage.get_bytes(key))
+    data[-100] ^= 0x80
+    storage.put_bytes(key, bytes(data))
+
+    state = restore_test(env, "fleet", return_state=True)
+    assert state.is_failed()
+    assert result["backup_id"] in state.message and "checksum" in state.message
+
+
+def _big_env(make_environment: Any, sandbox: Any) -> str:
+    """A database big enough that pg_dump runs for seconds, so it can be killed mid-way."""
+    from sandbox.sampledata import generate_fleet
+
+    admin = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
+    if not postgres.database_exists(admin, "fleet_big"):
+        postgres.create_database(admin, "fleet_big")
+        generate_fleet(postgres_dsn(admin, "fleet_big"), 48)
+
+    def edit(doc: dict[str, Any]) -> None:
+        big = dict(doc["databases"]["fleet"])
+        big["dbname"] = "fleet_big"
+        big["compress"] = 9
+        big["restore_test"] = {"jobs": 2}
+        doc["databases"] = {"fleet_big": big}
+
+    return make_environment("killed", edit)
+
+
+def postgres_dsn(server: postgres.Server, dbname: str) -> str:
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(**server.with_db(dbname))
+
+
+def _kill_pg_dump_when_running(stop: threading.Event, killed: list[int]) -> None:
+    deadline = time.monotonic() + 60
+    while not stop.is_set() and time.monotonic() < deadline:
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                cmd = (pid_dir / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"pg_dump") and any(a.startswith(b"--snapshot=") for a in cmd):
+                time.sleep(1.0)  # let it stream some data first
+                os.kill(int(pid_dir.name), signal.SIGKILL)
+                killed.append(int(pid_dir.name))
+                return
+        time.sleep(0.05)
+
+
+def test_killing_the_dump_leaves_no_manifest_and_no_open_upload(make_environment: Any, sandbox: Any) -> None:
+    env = _big_env(make_environment, sandbox)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_pg_dump_when_running, args=(stop, killed))
+    killer.start()
+    state = backup_database(env, "fleet_big", return_state=True)
+    stop.set()
+    killer.join()
+
+    assert killed, "pg_dump was never seen running"
+    assert state.is_failed()
+    assert "killed by signal 9" in state.message
+    storage = storage_of(env, "fleet_big")
+    assert isinstance(storage, S3Storage)
+    assert storage.open_uploads("") == []
+    assert storage.list_keys("fleet_big/") == []
+
+    again = backup_database(env, "fleet_big")
+    assert backups.load_manifest(storage, "fleet_big", again["backup_id"]).row_counts
+    assert storage.open_uploads("") == []
+
+
+def test_stale_upload_of_a_dead_process_is_aborted_by_the_next_run(make_environment: Any) -> None:
+    env = make_environment("stale-upload")
+    storage = storage_of(env, "fleet")
+    storage.client.create_multipart_upload(Bucket=storage.bucket, Key=storage.full_key("fleet/20200101T000000Z-abcdef/dump.pgc"))
+    assert len(storage.open_uploads("fleet/")) == 1
+    backup_database(env, "fleet")
+    assert storage.open_uploads("fleet/") == []
+
+
+def test_a_retry_after_a_crash_past_the_upload_reuses_the_committed_backup(
+    make_environment: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = make_environment("checkpoint")
+    reset_faults()
+    monkeypatch.setenv("RUNBOOK_FAULTS", "backup.after-commit:1")
+    result = backup_database.with_options(retries=1, retry_delay_seconds=0)(env, "pgbench")
+
+    assert result["reused"] is True
+    catalogue = backups.read_catalogue(storage_of(env, "pgbench"), "pgbench")
+    assert list(catalogue.manifests) == [result["backup_id"]]
+    assert catalogue.incomplete == []
+
+
+def test_retention_removes_incomplete_backups_and_keeps_the_new_one(make_environment: Any) -> None:
+    env = make_environment("retention")
+    storage = storage_of(env, "pgbench")
+    storage.put_bytes("pgbench/20200101T020000Z-aaaaaa/dump.pgc", b"half a dump")
+    result = backup_database(env, "pgbench")
+
+    catalogue = backups.read_catalogue(storage, "pgbench")
+    assert catalogue.incomplete == []
+    assert list(catalogue.manifests) == [result["backup_id"]]
+    assert result["deleted"] == 1
+
+
+def test_backup_all_backs_up_every_database(make_environment: Any) -> None:
+    env = make_environment("all")
+    results = backup_all(env)
+    assert sorted(r["database"] for r in results) == ["fleet", "pgbench"]
+    assert all(r["outcome"] == "ok" for r in results)
+
+
+def test_directory_format_round_trip(make_environment: Any) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["databases"]["fleet"]["format"] = "directory"
+
+    env = make_environment("dirformat", edit)
+    result = backup_database(env, "fleet")
+    manifest = backups.load_manifest(storage_of(env, "fleet"), "fleet", result["backup_id"])
+    assert manifest.format == "directory" and len(manifest.files) > 1
+    assert restore_test(env, "fleet")["backup_id"] == result["backup_id"]
+
+
+def test_smoke_query_failure_fails_the_restore_test(make_environment: Any) -> None:
+    def edit(doc: dict[str, Any]) -> None:
+        doc["databases"]["pgbench"]["restore_test"]["smoke_queries"] = [
+            {"name": "impossible", "sql": "SELECT count(*) FROM pgbench_branches", "min": 1000000}
+        ]
+
+    env = make_environment("smokefail", edit)
+    backup_database(env, "pgbench")
+    state = restore_test(env, "pgbench", return_state=True)
+    assert state.is_failed()
+    assert "smoke: impossible" in state.message

@@ -1,0 +1,149 @@
+"""Bad config fails with the file, the key, the value and what is allowed, before anything runs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.backup import backup_database
+from tasks.config import REPO_ROOT, load_environment
+from tasks.errors import ConfigError, SecretMissing
+
+VALID: dict[str, Any] = {
+    "name": "cfgtest",
+    "timezone": "Europe/London",
+    "databases": {
+        "fleet": {
+            "dsn": {"env": "CFGTEST_DSN"},
+            "storage": {"url": "s3://backups/fleet"},
+            "retention": {"days": 30},
+            "objectives": {"rto": "1h", "rpo": "24h"},
+        }
+    },
+}
+
+
+def write(tmp_path: Path, doc: dict[str, Any]) -> Path:
+    path = tmp_path / f"{doc.get('name', 'x')}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def variant(**changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(yaml.safe_dump(VALID))
+    for dotted, value in changes.items():
+        node = doc
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return doc
+
+
+def test_valid_config_loads(tmp_path: Path) -> None:
+    env = load_environment(write(tmp_path, VALID))
+    assert env.database("fleet").retention.days == 30
+    assert env.database("fleet").objectives.rto.total_seconds() == 3600
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        # A typo in a key must not be silently ignored: it names the key and the allowed ones.
+        ({"databases__fleet__retension": {"days": 3}},
+         ["databases.fleet.retension", "unknown key 'retension'", "allowed:", "retention"]),
+        # A bad cron would schedule nothing, or the wrong thing.
+        ({"schedules": {"backup": "61 2 * * *"}}, ["schedules.backup", "cron", "'61 2 * * *'"]),
+        # Storage URLs: only s3:// and file:/// with an absolute path.
+        ({"databases__fleet__storage": {"url": "ftp://host/x"}},
+         ["databases.fleet.storage.url", "'ftp://host/x'", "s3://bucket/prefix or file:///absolute/path"]),
+        ({"databases__fleet__storage": {"url": "file://relative/path"}}, ["databases.fleet.storage.url", "absolute"]),
+        ({"timezone": "Mars/Olympus"}, ["timezone", "'Mars/Olympus'", "IANA"]),
+        ({"databases__fleet__retention": {"days": 30, "daily": 7}}, ["databases.fleet.retention", "not both"]),
+        ({"databases__fleet__dsn": {"env": "X", "secret": "y"}}, ["databases.fleet.dsn", "exactly one"]),
+        ({"databases__fleet__objectives": {"rto": "soon", "rpo": "1h"}}, ["objectives.rto", "'soon'", "duration"]),
+        ({"databases__fleet__jobs": 0}, ["databases.fleet.jobs", "greater than or equal to 1", "(got 0)"]),
+    ],
+    ids=["unknown-key", "bad-cron", "bad-url-scheme", "relative-file-url", "bad-timezone",
+         "two-retention-styles", "two-secret-sources", "bad-duration", "zero-jobs"],
+)
+def test_bad_config_names_file_key_value_and_what_is_allowed(
+    tmp_path: Path, changes: dict[str, Any], expected: list[str]
+) -> None:
+    path = write(tmp_path, variant(**changes))
+    with pytest.raises(ConfigError) as err:
+        load_environment(path)
+    message = str(err.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_unknown_environment_lists_known_ones(environments_dir: Path) -> None:
+    (environments_dir / "known-one.yaml").write_text(yaml.safe_dump({**VALID, "name": "known-one"}))
+    with pytest.raises(ConfigError, match="known-one"):
+        load_environment("no-such-env")
+
+
+def test_missing_secret_names_the_reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CFGTEST_DSN", raising=False)
+    env = load_environment(write(tmp_path, VALID))
+    with pytest.raises(SecretMissing, match="environment variable 'CFGTEST_DSN'"):
+        env.database("fleet").check_secrets()
+
+
+def test_secret_resolves_from_a_prefect_secret_block(tmp_path: Path) -> None:
+    from prefect.blocks.system import Secret
+
+    Secret(value="postgresql://u:block-pw@127.0.0.1/x").save("cfgtest-dsn", overwrite=True)
+    doc = variant(databases__fleet__dsn={"secret": "cfgtest-dsn"})
+    env = load_environment(write(tmp_path, doc))
+    assert env.database("fleet").dsn.resolve().endswith("@127.0.0.1/x")
+    missing = load_environment(write(tmp_path, variant(databases__fleet__dsn={"secret": "no-such-block"})))
+    with pytest.raises(SecretMissing, match="Secret block 'no-such-block'"):
+        missing.database("fleet").dsn.resolve()
+
+
+def _task_runs_of(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+    return asyncio.run(read())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"databases__fleet__retension": {"days": 3}},
+        {"schedules": {"backup": "0 2 * *"}},
+        {"databases__fleet__storage": {"url": "http://bucket/x"}},
+        {"databases__fleet__dsn": {"env": "CFGTEST_UNSET_DSN"}},
+    ],
+    ids=["unknown-key", "bad-cron", "bad-storage-url", "missing-secret"],
+)
+def test_bad_config_fails_the_flow_before_any_task_runs(
+    environments_dir: Path, monkeypatch: pytest.MonkeyPatch, changes: dict[str, Any]
+) -> None:
+    monkeypatch.delenv("CFGTEST_UNSET_DSN", raising=False)
+    doc = variant(**changes)
+    doc["name"] = "cfgbad"
+    (environments_dir / "cfgbad.yaml").write_text(yaml.safe_dump(doc))
+    state = backup_database("cfgbad", "fleet", return_state=True)
+    assert state.is_failed()
+    assert _task_runs_of(state.state_details.flow_run_id) == []
+
+
+def test_example_environments_are_valid() -> None:
+    examples = sorted((REPO_ROOT / "environments" / "examples").glob("*.yaml"))
+    assert {p.stem for p in examples} >= {"sevfleet", "fleet-management", "inventory", "united-cars", "todo"}
+    for path in examples:
+        env = load_environment(path)
+        assert env.databases, path

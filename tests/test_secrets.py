@@ -1,0 +1,74 @@
+"""The database password never shows in logs, artifacts, events, states or output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from flows.backup import backup_database
+from flows.restore_test import restore_test
+
+
+async def _everything_the_api_holds() -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter
+
+    async with get_client() as client:
+        logs: list[Any] = []
+        while page := await client.read_logs(log_filter=LogFilter(), limit=200, offset=len(logs)):
+            logs.extend(page)
+        artifacts = await client.read_artifacts(limit=200)
+        flow_runs = await client.read_flow_runs(limit=200)
+        task_runs = await client.read_task_runs(limit=200)
+        events: list[Any] = []
+        resp = await client._client.post("/events/filter", json={"limit": 50})
+        while True:  # every event, page by page (the API serves 50 at a time)
+            resp.raise_for_status()
+            body = resp.json()
+            events.extend(body.get("events", []))
+            if not body.get("next_page"):
+                break
+            resp = await client._client.get(body["next_page"])
+    return {
+        "logs": "\n".join(log.message for log in logs),
+        "artifacts": "\n".join(f"{a.key} {a.description} {json.dumps(a.data, default=str)}" for a in artifacts),
+        "states": "\n".join(
+            [f"{r.name} {r.state.message if r.state else ''} {json.dumps(r.parameters, default=str)}" for r in flow_runs]
+            + [f"{r.name} {r.state.message if r.state else ''}" for r in task_runs]
+        ),
+        "events": json.dumps(events, default=str),
+    }
+
+
+def test_password_appears_nowhere(make_environment: Any, sandbox: Any, capfd: pytest.CaptureFixture[str]) -> None:
+    env = make_environment("secrets")
+    ok = backup_database(env, "fleet")
+    restore_test(env, "fleet")
+
+    def wrong_db(doc: dict[str, Any]) -> None:
+        doc["databases"]["fleet"]["dbname"] = "no_such_database"
+
+    failing = make_environment("secrets-fail", wrong_db)
+    state = backup_database(failing, "fleet", return_state=True)
+    assert state.is_failed() and "does not exist" in state.message
+
+    password = sandbox.pg_password
+    deadline = time.monotonic() + 20
+    while True:  # events reach the API asynchronously
+        seen = asyncio.run(_everything_the_api_holds())
+        if "runbook.backup.failed" in seen["events"] and "runbook.restore-test.passed" in seen["events"]:
+            break
+        assert time.monotonic() < deadline, "runbook events never reached the API"
+        time.sleep(0.5)
+    out = capfd.readouterr()
+    seen["output"] = out.out + out.err
+
+    # The scan looks at real content: the backup's id is in the artifacts and events.
+    assert ok["backup_id"] in seen["artifacts"] and ok["backup_id"] in seen["events"]
+    assert seen["logs"]
+    for where, text in seen.items():
+        assert password not in text, f"the database password leaked into {where}"
