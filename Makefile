@@ -5,16 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PG_BIN := /usr/lib/postgresql/15/bin
 
-.PHONY: demo test test-fast lint bench install system-deps clean
+.PHONY: demo test lint bench install system-deps clean lock
 
 demo: install
 	$(PY) -m deployments.demo
 
 test: install
-	$(PY) -m pytest tests -m "scenario or not scenario" -p no:cacheprovider
-
-test-fast: install
-	$(PY) -m pytest tests -m "not scenario" -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider
 
 lint: install
 	$(VENV)/bin/ruff check .

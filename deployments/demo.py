@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The local Prefect API is started on demand; keep it from phoning home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 DEMO_DIR = Path(os.environ.get("RUNBOOK_DEMO_DIR", "/tmp/runbook-flows-demo"))
 
 
