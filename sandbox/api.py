@@ -29,10 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox import postgres, s3, sampledata
+from sandbox import cluster, postgres, s3, sampledata
 from sandbox.environment import environment_dict, environment_text, write_environment
 from sandbox.process import free_port, pid_alive, scrub
 from sandbox.state import (
@@ -192,6 +193,9 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
     backups = workdir / "backups"
     backups.mkdir(mode=0o700)
 
+    with _step("starting the Kubernetes API server and the sample web service", hidden):
+        kube = cluster.start(workdir)
+
     state = SandboxState(
         workdir=workdir,
         size_mb=size_mb,
@@ -211,6 +215,11 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
         backup_dir=backups,
         environment_file=env_dir / "sandbox.yaml",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        kube_url=kube.kube_url,
+        kube_pid=kube.kube_pid,
+        kubeconfig=kube.kubeconfig,
+        webapp_url=kube.webapp_url,
+        webapp_pid=kube.webapp_pid,
     )
     with _step("loading the sample data", hidden):
         for db in DATABASES:
@@ -290,7 +299,7 @@ def down(workdir: Path | None = None) -> list[str]:
 
 
 def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | None) -> list[str]:
-    actions = []
+    actions = cluster.stop(workdir)
     data = state.pg_data_dir if state else workdir / "pg" / "data"
     if bin_dir is None:
         bin_dir = state.pg_bin if state else postgres.DEFAULT_PG_BIN
@@ -355,6 +364,17 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
     except (BotoCoreError, ClientError) as exc:
         detail, ok = _first_line(exc, hidden), False
     components["s3"] = {"ok": ok, "address": state.s3_endpoint, "pid": moto_pid, "detail": detail}
+
+    for name, url, pid, probe in (("kubernetes", state.kube_url, state.kube_pid, "/version"),
+                                  ("webapp", state.webapp_url, state.webapp_pid, "/healthz")):
+        if url is None:
+            continue
+        try:
+            answered = httpx.get(url + probe, timeout=3).status_code
+            detail, ok = f"{probe} answered {answered}", answered == 200 and pid is not None and pid_alive(pid)
+        except httpx.HTTPError as exc:
+            detail, ok = f"{probe} unreachable: {type(exc).__name__}", False
+        components[name] = {"ok": ok, "address": url, "pid": pid, "detail": detail}
 
     return {
         "workdir": str(workdir),

@@ -77,7 +77,16 @@ def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, An
                 },
             },
         },
+        **_kubernetes_part(state),
     }
+
+
+def _kubernetes_part(state: SandboxState) -> dict[str, Any]:
+    if not state.kubeconfig or not state.webapp_url:
+        return {}
+    from sandbox.cluster import services_config
+
+    return {"kubernetes": {"kubeconfig": str(state.kubeconfig)}, "services": services_config(state.webapp_url)}
 
 
 def environment_text(state: SandboxState, name: str = "sandbox") -> str:

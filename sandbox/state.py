@@ -45,6 +45,11 @@ class SandboxState:
     backup_dir: Path
     environment_file: Path | None = None
     created_at: str = ""
+    kube_url: str | None = None
+    kube_pid: int | None = None
+    kubeconfig: Path | None = None
+    webapp_url: str | None = None
+    webapp_pid: int | None = None
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -87,7 +92,7 @@ class SandboxState:
             if f.name not in raw:
                 continue
             value = raw[f.name]
-            if f.name in ("workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file") and value is not None:
+            if f.name in ("workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig") and value is not None:
                 value = Path(value)
             kwargs[f.name] = value
         return cls(**kwargs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
@@ -216,6 +216,125 @@ class DatabaseConfig(Model):
         return _check_timezone(v) if v is not None else v
 
 
+# --- Kubernetes services and deploys ----------------------------------------------------
+
+IMAGE_RE = re.compile(
+    r"^(?:(?P<registry>[a-zA-Z0-9.-]+(?::\d+)?)/)?(?P<repo>[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class KubernetesConfig(Model):
+    kubeconfig: str | None = Field(None, description="Path of a kubeconfig file; default: in-cluster, then ~/.kube/config")
+    context: str | None = Field(None, description="kubeconfig context; default: its current context")
+
+
+class Thresholds(Model):
+    max_error_rate: float | None = Field(None, ge=0, le=1, description="Error rate as a fraction: 0.05 = 5%")
+    max_latency_ms: float | None = Field(None, ge=0, description="Latency p95 in milliseconds")
+    require_healthy: bool = Field(True, description="Every health URL answers 2xx")
+
+
+class AnalysisConfig(Model):
+    """An Argo Rollouts-style analysis: measure every `interval`, `count` times."""
+
+    interval: Duration = Field(timedelta(seconds=10), description="Time between measurements")
+    count: int = Field(5, ge=1, le=1000, description="Measurements when all goes well")
+    success: Thresholds = Field(default_factory=lambda: Thresholds(max_error_rate=0.01, max_latency_ms=500))
+    failure: Thresholds = Field(default_factory=lambda: Thresholds(max_error_rate=0.05, max_latency_ms=1000))
+    failure_limit: int = Field(0, ge=0, description="Failed measurements tolerated")
+    inconclusive_limit: int = Field(0, ge=0, description="Inconclusive measurements tolerated")
+    consecutive_error_limit: int = Field(4, ge=0, description="Measurement errors in a row tolerated")
+
+
+class HttpCheck(Model):
+    name: str
+    url: str = Field(description="http(s) URL")
+    expect_status: int = Field(200, ge=100, le=599)
+    contains: str | None = Field(None, description="Text the body must contain")
+    timeout: Duration = Field(timedelta(seconds=5))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_http_url(v)
+
+
+class BlueGreenConfig(Model):
+    service: str = Field(description="The live Service whose selector is switched")
+    preview_service: str | None = Field(None, description="A Service that always selects the new colour")
+    ingress: str | None = Field(None, description="Switch this Ingress's backend instead of the live selector")
+    preview_health_urls: list[str] = Field(default_factory=list, description="Health URLs answered by the preview")
+    preview_metrics_url: str | None = None
+    grace: Duration = Field(timedelta(seconds=60), description="How long blue stays scaled after the switch")
+
+
+class ServiceConfig(Model):
+    namespace: str = Field(description="Kubernetes namespace")
+    deployment: str = Field(description="Deployment name")
+    container: str = Field(description="The container whose image a deploy changes")
+    strategy: Literal["rolling", "blue-green"] = Field("rolling", description="Default deploy strategy")
+    image_repository: str | None = Field(None, description="If set, deploys must use an image from this repository")
+    rollout_timeout: Duration = Field(timedelta(minutes=10), description="Upper bound on waiting for a rollout")
+    health_urls: list[str] = Field(default_factory=list, description="URLs that must answer 2xx")
+    metrics_url: str | None = Field(None, description="JSON metrics: requests, errors, latency_ms p95")
+    url: str | None = Field(None, description="Link to the service, for reports")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    smoke_checks: list[HttpCheck] = Field(default_factory=list)
+    blue_green: BlueGreenConfig | None = None
+    backup_database: str | None = Field(None, description="Database to back up before a deploy")
+
+    @field_validator("namespace", "deployment", "container")
+    @classmethod
+    def _k8s_name(cls, v: str) -> str:
+        if not K8S_NAME_RE.match(v):
+            raise ValueError("a Kubernetes name: lower-case letters, digits and '-', at most 63")
+        return v
+
+    @field_validator("health_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return [_check_http_url(u) for u in v]
+
+    @model_validator(mode="after")
+    def _bg(self) -> ServiceConfig:
+        if self.strategy == "blue-green" and self.blue_green is None:
+            raise ValueError("strategy blue-green needs a 'blue_green' section")
+        return self
+
+
+class FreezeWindow(Model):
+    """A time when deploys are refused: a fixed span, or weekly days and hours."""
+
+    name: str
+    start: datetime | None = Field(None, description="Fixed span start (ISO 8601 with offset)")
+    end: datetime | None = None
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
+    from_time: str | None = Field(None, description="Weekly: HH:MM in the environment's timezone")
+    to_time: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> FreezeWindow:
+        fixed = self.start is not None or self.end is not None
+        weekly = bool(self.days) or self.from_time is not None or self.to_time is not None
+        if fixed == weekly:
+            raise ValueError("give either 'start' and 'end', or 'days' with 'from_time' and 'to_time'")
+        if fixed and (self.start is None or self.end is None or self.start >= self.end):
+            raise ValueError("'start' and 'end' must both be set, start before end")
+        for t in (self.from_time, self.to_time):
+            if weekly and (t is None or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", t)):
+                raise ValueError("'from_time' and 'to_time' are HH:MM")
+        return self
+
+
+def _check_http_url(v: str) -> str:
+    parsed = urlparse(v)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("an http:// or https:// URL")
+    return v
+
+
 class Schedules(Model):
     backup: str = Field("0 2 * * *", description="Cron for backup_all, in the environment's timezone")
     restore_test: str = Field("0 3 * * 0", description="Cron for the restore tests")
@@ -239,6 +358,9 @@ class EnvironmentConfig(Model):
     backup_concurrency: int = Field(2, ge=1, le=32, description="Backups that may run at once")
     schedules: Schedules = Field(default_factory=Schedules)
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
+    kubernetes: KubernetesConfig | None = None
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    deploy_freeze: list[FreezeWindow] = Field(default_factory=list, description="When deploys are refused")
 
     @field_validator("name")
     @classmethod
@@ -266,6 +388,23 @@ class EnvironmentConfig(Model):
         except KeyError:
             known = ", ".join(sorted(self.databases)) or "(none)"
             raise ConfigError(f"database {name!r} is not in environment {self.name!r}; known: {known}") from None
+
+    def service(self, name: str) -> ServiceConfig:
+        try:
+            return self.services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.services)) or "(none)"
+            raise ConfigError(f"service {name!r} is not in environment {self.name!r}; known: {known}") from None
+
+    @model_validator(mode="after")
+    def _references(self) -> EnvironmentConfig:
+        for name, svc in self.services.items():
+            if svc.backup_database and svc.backup_database not in self.databases:
+                raise ValueError(f"services.{name}.backup_database {svc.backup_database!r} is not a database "
+                                 f"of this environment; known: {', '.join(sorted(self.databases)) or '(none)'}")
+        if self.services and self.kubernetes is None:
+            raise ValueError("services need a 'kubernetes' section (kubeconfig, context)")
+        return self
 
     def tz_for(self, name: str) -> ZoneInfo:
         return ZoneInfo(self.database(name).timezone or self.timezone)

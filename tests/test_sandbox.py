@@ -55,7 +55,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_up_starts_everything_and_status_sees_it_healthy(sandbox):
     report = api.status(sandbox.workdir)
     assert report["healthy"], report
-    assert set(report["components"]) == {"postgres", "s3"}
+    assert set(report["components"]) == {"postgres", "s3", "kubernetes", "webapp"}
     assert report["components"]["postgres"]["address"] == f"127.0.0.1:{sandbox.pg_port}"
     assert report["components"]["s3"]["address"] == sandbox.s3_endpoint
     assert sandbox.pg_password not in repr(report)
@@ -278,8 +278,8 @@ def test_run_scrubs_secrets_from_errors():
 
 def test_down_leaves_no_process_port_or_dir(sandbox, base_dir):
     """Runs last: it takes the module's sandbox down."""
-    pids = [sandbox.pg_pid, sandbox.moto_pid]
-    ports = [sandbox.pg_port, int(sandbox.s3_endpoint.rsplit(":", 1)[1])]
+    pids = [sandbox.pg_pid, sandbox.moto_pid, sandbox.kube_pid, sandbox.webapp_pid]
+    ports = [sandbox.pg_port] + [int(u.rsplit(":", 1)[1]) for u in (sandbox.s3_endpoint, sandbox.kube_url, sandbox.webapp_url)]
     assert all(pid_alive(p) for p in pids)
     actions = api.down(sandbox.workdir)
     assert any("stopped PostgreSQL" in a for a in actions) and any("stopped moto" in a for a in actions)

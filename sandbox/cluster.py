@@ -1,0 +1,133 @@
+"""The sandbox's Kubernetes side: our fake API server, the sample web service, and the
+objects production would have: namespace `sandbox`, a rolling-deploy service `api`
+(Deployment with an app container and a sidecar, Service) and a blue-green service `web`
+(Deployment `web-blue`, live Service `web`, preview Service `web-preview`).
+
+Images follow the sample service's tag conventions (sandbox/webapp/behaviour.py):
+`sandbox/app:v1` is good, `:v2-err8` fails 8% of requests, `:v2-bad-health` fails its
+health check, `:v2-slow` is slow; the kubelet rules below make `:never-ready` never become
+Ready and `:crash` crash-loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.kube import server as kube_server
+from sandbox.webapp import server as webapp_server
+
+NAMESPACE = "sandbox"
+GOOD_IMAGE = "sandbox/app:v1"
+IMAGE_RULES = {":*never-ready*": "NeverReady", ":*crash*": "CrashLoopBackOff", ":*bad-pull*": "ImagePullBackOff"}
+PROGRESS_DEADLINE_SECONDS = 8  # short, so a bad rollout fails fast in the sandbox
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    kube_url: str
+    kube_pid: int
+    kubeconfig: Path
+    webapp_url: str
+    webapp_pid: int
+
+
+def start(workdir: Path) -> ClusterInfo:
+    kube = kube_server.start_detached(workdir / "kube", rules=IMAGE_RULES)
+    try:
+        seed(kube.kubeconfig)
+        web = webapp_server.start_detached(
+            workdir / "webapp", kubeconfig=kube.kubeconfig,
+            services=[f"{NAMESPACE}/api", f"{NAMESPACE}/web", f"{NAMESPACE}/web-preview"], rate=40, window=5,
+        )
+    except BaseException:
+        kube_server.stop_detached(workdir / "kube")
+        raise
+    return ClusterInfo(kube.url, kube.pid, kube.kubeconfig, web.url, web.pid)
+
+
+def stop(workdir: Path) -> list[str]:
+    actions = []
+    if (workdir / "webapp").exists() and webapp_server.stop_detached(workdir / "webapp"):
+        actions.append("stopped the sample web service")
+    if (workdir / "kube").exists() and kube_server.stop_detached(workdir / "kube"):
+        actions.append("stopped the Kubernetes API server")
+    return actions
+
+
+def _deployment(name: str, labels: dict[str, str], containers: list[dict[str, Any]], replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": dict(labels)},
+        "spec": {
+            "replicas": replicas,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
+            "revisionHistoryLimit": 10,
+            "selector": {"matchLabels": dict(labels)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": containers}},
+        },
+    }
+
+
+def _service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+    }
+
+
+def seed(kubeconfig: Path) -> None:
+    """Create what a deploy acts on, through the official client like any other user."""
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+        core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        app = {"name": "api", "image": GOOD_IMAGE, "ports": [{"containerPort": 8080}]}
+        sidecar = {"name": "log-shipper", "image": "sandbox/log-shipper:1.4"}
+        apps.create_namespaced_deployment(NAMESPACE, _deployment("api", {"app": "api"}, [app, sidecar], 3))
+        core.create_namespaced_service(NAMESPACE, _service("api", {"app": "api"}))
+        web = {"name": "web", "image": GOOD_IMAGE, "ports": [{"containerPort": 8080}]}
+        apps.create_namespaced_deployment(NAMESPACE, _deployment("web-blue", {"app": "web", "colour": "blue"}, [web], 2))
+        core.create_namespaced_service(NAMESPACE, _service("web", {"app": "web", "colour": "blue"}))
+        core.create_namespaced_service(NAMESPACE, _service("web-preview", {"app": "web", "colour": "green"}))
+    finally:
+        api_client.close()
+
+
+def services_config(webapp_url: str) -> dict[str, Any]:
+    """The `services` section of sandbox.yaml."""
+    def urls(svc: str) -> tuple[str, str]:
+        base = f"{webapp_url}/svc/{NAMESPACE}/{svc}"
+        return f"{base}/health", f"{base}/metrics"
+
+    api_health, api_metrics = urls("api")
+    web_health, web_metrics = urls("web")
+    preview_health, preview_metrics = urls("web-preview")
+    analysis = {"interval": "1s", "count": 3,
+                "success": {"max_error_rate": 0.01, "max_latency_ms": 500},
+                "failure": {"max_error_rate": 0.05, "max_latency_ms": 1000},
+                "failure_limit": 0, "consecutive_error_limit": 2}
+    return {
+        "api": {
+            "namespace": NAMESPACE, "deployment": "api", "container": "api", "strategy": "rolling",
+            "image_repository": "sandbox/app", "rollout_timeout": "60s",
+            "health_urls": [api_health], "metrics_url": api_metrics, "url": api_health,
+            "analysis": analysis,
+            "smoke_checks": [{"name": "api answers", "url": f"{webapp_url}/svc/{NAMESPACE}/api/orders",
+                              "expect_status": 200}],
+        },
+        "web": {
+            "namespace": NAMESPACE, "deployment": "web", "container": "web", "strategy": "blue-green",
+            "image_repository": "sandbox/app", "rollout_timeout": "60s",
+            "health_urls": [web_health], "metrics_url": web_metrics, "url": web_health,
+            "analysis": analysis,
+            "blue_green": {"service": "web", "preview_service": "web-preview",
+                           "preview_health_urls": [preview_health], "preview_metrics_url": preview_metrics,
+                           "grace": "2s"},
+        },
+    }
