@@ -267,6 +267,7 @@ class BlueGreenConfig(Model):
     ingress: str | None = Field(None, description="Switch this Ingress's backend instead of the live selector")
     preview_health_urls: list[str] = Field(default_factory=list, description="Health URLs answered by the preview")
     preview_metrics_url: str | None = None
+    preview_analysis: AnalysisConfig | None = Field(None, description="Pre-promotion analysis; default: `analysis`")
     grace: Duration = Field(timedelta(seconds=60), description="How long blue stays scaled after the switch")
 
 

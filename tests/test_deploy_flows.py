@@ -1,0 +1,220 @@
+"""Deploys against the sandbox: our Kubernetes API server over real HTTP, the sample web
+service whose health and error rate follow the routed image, and a real Prefect API."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from flows.deploy import deploy
+from sandbox.cluster import GOOD_IMAGE, NAMESPACE
+
+pytestmark = pytest.mark.scenario
+
+
+@pytest.fixture
+def apps(sandbox: Any) -> Any:
+    api_client = config.new_client_from_config(config_file=str(sandbox.kubeconfig))
+    yield client.AppsV1Api(api_client)
+    api_client.close()
+
+
+def image_of(apps: Any, deployment: str, container: str) -> str:
+    dep = apps.read_namespaced_deployment(deployment, NAMESPACE)
+    return next(c.image for c in dep.spec.template.spec.containers if c.name == container)
+
+
+def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def api_on_v1(apps: Any, sandbox: Any) -> None:
+    """Every test starts with `api` running the good image, fully rolled out."""
+    if image_of(apps, "api", "api") != GOOD_IMAGE:
+        apps.patch_namespaced_deployment("api", NAMESPACE, {"spec": {"template": {"spec": {"containers": [
+            {"name": "api", "image": GOOD_IMAGE}]}}}})
+
+    def done() -> bool:
+        d = apps.read_namespaced_deployment("api", NAMESPACE)
+        s = d.status
+        return (d.metadata.generation <= (s.observed_generation or 0) and s.updated_replicas == d.spec.replicas
+                and s.available_replicas == d.spec.replicas and (s.replicas or 0) == d.spec.replicas)
+
+    wait_until(done)
+
+
+def test_a_good_image_succeeds(make_environment: Any, apps: Any, api_on_v1: None) -> None:
+    env = make_environment("deploy-good")
+    result = deploy(env, "api", "sandbox/app:v2")
+    assert result["outcome"] == "succeeded"
+    assert result["before"]["image"] == GOOD_IMAGE and result["after"]["image"] == "sandbox/app:v2"
+    assert image_of(apps, "api", "api") == "sandbox/app:v2"
+    assert image_of(apps, "api", "log-shipper") == "sandbox/log-shipper:1.4"  # only the named container changed
+    assert result["analyses"][0]["phase"] == "Successful"
+
+
+def test_a_never_ready_image_hits_the_progress_deadline_and_rolls_back(
+    make_environment: Any, apps: Any, api_on_v1: None
+) -> None:
+    env = make_environment("deploy-never-ready")
+    state = deploy(env, "api", "sandbox/app:v2-never-ready", return_state=True)
+    assert state.is_failed()
+    assert "ProgressDeadlineExceeded" in state.message or "progress deadline" in state.message
+    assert image_of(apps, "api", "api") == GOOD_IMAGE
+
+
+def test_an_eight_percent_error_rate_fails_analysis_and_rolls_back(
+    make_environment: Any, apps: Any, api_on_v1: None
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    env = make_environment("deploy-err8")
+    state = deploy(env, "api", "sandbox/app:v2-err8", return_state=True)
+    assert state.is_failed()
+    assert "analysis" in state.message and "Failed" in state.message
+    assert image_of(apps, "api", "api") == GOOD_IMAGE
+
+    with get_client(sync_client=True) as c:
+        artifact = c.read_latest_artifacts(limit=100)
+    report = next(a for a in artifact if a.key == f"deploy-{env}-api")
+    assert "time to recovery (s)" in report.data
+    recovery = float(report.data.split("time to recovery (s) | ")[1].split(" |")[0])
+    assert 0 < recovery < 60
+
+
+def task_runs_of(state: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as c:
+        return c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+
+
+@pytest.mark.parametrize("bad", ["sandbox/app", "Sandbox/App:v1", "other/app:v1", "sandbox/app:", 20240101],
+                         ids=["no-tag", "upper-case", "other-repository", "empty-tag", "int-tag"])
+def test_bad_image_reference_fails_before_any_api_call(make_environment: Any, apps: Any, bad: Any) -> None:
+    env = make_environment("deploy-bad-ref")
+    generation = apps.read_namespaced_deployment("api", NAMESPACE).metadata.generation
+    state = deploy.with_options(validate_parameters=False)(env, "api", bad, return_state=True)
+    assert state.is_failed() and repr(bad) in state.message
+    assert task_runs_of(state) == []  # nothing ran: no Kubernetes call, no lock, no backup
+    assert apps.read_namespaced_deployment("api", NAMESPACE).metadata.generation == generation
+
+
+def test_unknown_service_fails_naming_the_known_ones(make_environment: Any) -> None:
+    env = make_environment("deploy-unknown")
+    state = deploy(env, "nope", "sandbox/app:v2", return_state=True)
+    assert state.is_failed() and "'nope'" in state.message and "api" in state.message
+    assert task_runs_of(state) == []
+
+
+def test_two_concurrent_deploys_never_overlap(make_environment: Any, apps: Any, api_on_v1: None) -> None:
+    env = make_environment("deploy-concurrent")
+    results: list[Any] = []
+
+    def run(image: str) -> None:
+        results.append(deploy(env, "api", image))
+
+    threads = [threading.Thread(target=run, args=(img,)) for img in ("sandbox/app:v3", "sandbox/app:v4")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2
+    spans = sorted((r["held_from"], r["held_until"]) for r in results)
+    assert spans[0][1] <= spans[1][0], f"deploys overlapped: {spans}"
+
+
+def _paused_run(flow_name: str, since: float) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+    return next((r for r in runs if r.name and r.start_time and r.start_time.timestamp() >= since - 5), None)
+
+
+@pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
+def test_protected_environment_needs_an_approval_resumed_through_the_api(
+    make_environment: Any, apps: Any, api_on_v1: None, approve: bool
+) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    def protect(doc: dict[str, Any]) -> None:
+        doc["protected"] = True
+
+    env = make_environment(f"deploy-protected-{str(approve).lower()}", protect)
+    outcome: list[Any] = []
+    started = time.time()
+    runner = threading.Thread(target=lambda: outcome.append(deploy(env, "api", "sandbox/app:v5", return_state=True)))
+    runner.start()
+    holder: list[Any] = []
+    wait_until(lambda: bool(holder.append(_paused_run("deploy", started)) or holder[-1]), timeout=60)
+    resume_flow_run(holder[-1].id, run_input={"approve": approve, "approver": "alice", "reason": "change 42"})
+    runner.join(timeout=120)
+    state = outcome[0]
+    if approve:
+        assert state.is_completed()
+        assert state.result()["approver"] == "alice"
+        assert image_of(apps, "api", "api") == "sandbox/app:v5"
+    else:
+        assert state.is_failed() and "rejected by alice" in state.message
+        assert image_of(apps, "api", "api") == GOOD_IMAGE
+
+
+@pytest.fixture
+def web_on_blue(apps: Any, sandbox: Any) -> None:
+    """Blue-green tests start with the live Service on blue, running the good image."""
+    core = client.CoreV1Api(apps.api_client)
+    core.patch_namespaced_service("web", NAMESPACE, {"spec": {"selector": {"app": "web", "colour": "blue"}}})
+    if image_of(apps, "web-blue", "web") != GOOD_IMAGE:
+        apps.patch_namespaced_deployment("web-blue", NAMESPACE, {"spec": {"replicas": 2, "template": {"spec": {
+            "containers": [{"name": "web", "image": GOOD_IMAGE}]}}}})
+    apps.patch_namespaced_deployment_scale("web-blue", NAMESPACE, {"spec": {"replicas": 2}})
+    wait_until(lambda: apps.read_namespaced_deployment("web-blue", NAMESPACE).status.available_replicas == 2)
+
+
+def live_colour(apps: Any) -> str:
+    return client.CoreV1Api(apps.api_client).read_namespaced_service("web", NAMESPACE).spec.selector["colour"]
+
+
+def test_blue_green_succeeds_and_retires_blue(make_environment: Any, apps: Any, web_on_blue: None) -> None:
+    env = make_environment("bg-good")
+    result = deploy(env, "web", "sandbox/app:v2")
+    assert result["outcome"] == "succeeded"
+    assert live_colour(apps) == "green"
+    assert image_of(apps, "web-green", "web") == "sandbox/app:v2"
+    assert [a["phase"] for a in result["analyses"]] == ["Successful", "Successful"]
+    assert apps.read_namespaced_deployment("web-blue", NAMESPACE).spec.replicas == 0  # after the grace period
+    assert image_of(apps, "web-blue", "web") == GOOD_IMAGE
+
+
+def test_failing_post_promotion_analysis_switches_back_and_leaves_blue_untouched(
+    make_environment: Any, apps: Any, web_on_blue: None
+) -> None:
+    def health_only_preview(doc: dict[str, Any]) -> None:
+        # The preview is judged on health alone, so the 8% error rate only shows once live.
+        bg = doc["services"]["web"]["blue_green"]
+        bg["preview_metrics_url"] = None
+        bg["preview_analysis"] = {"interval": "1s", "count": 2, "success": {"require_healthy": True},
+                                  "failure": {"require_healthy": True}}
+
+    env = make_environment("bg-post-fails", health_only_preview)
+    blue_before = apps.read_namespaced_deployment("web-blue", NAMESPACE)
+    state = deploy(env, "web", "sandbox/app:v3-err8", return_state=True)
+    assert state.is_failed() and "post-promotion" in state.message
+    assert live_colour(apps) == "blue"
+    blue_after = apps.read_namespaced_deployment("web-blue", NAMESPACE)
+    assert blue_after.metadata.generation == blue_before.metadata.generation  # blue never touched
+    assert blue_after.spec.replicas == 2 and image_of(apps, "web-blue", "web") == GOOD_IMAGE
+    assert apps.read_namespaced_deployment("web-green", NAMESPACE).spec.replicas == 0
