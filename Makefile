@@ -18,6 +18,7 @@ lint: install
 
 bench: install
 	$(PY) bench/backup.py
+	$(PY) bench/deploy.py
 
 install: system-deps $(STAMP)
 

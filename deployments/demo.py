@@ -31,8 +31,43 @@ def _run(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
             "message": "" if ok else (state.message or state.name)}
 
 
+def _expect_rollback(row: dict[str, Any], environment: str, service: str, previous: str) -> dict[str, Any]:
+    """A bad deploy passes the demo when its run failed and the previous image runs again."""
+    from tasks import kubernetes
+    from tasks.config import load_environment
+
+    env = load_environment(environment)
+    svc = env.service(service)
+    with kubernetes.api_client(env.kubernetes) as api:
+        image = kubernetes.container_image(kubernetes.read_deployment(api, svc.namespace, svc.deployment),
+                                           svc.container)
+    recovered = row["outcome"] == "FAILED" and image == previous
+    figures = _last_deploy_figures(environment, service)
+    return {**row, "outcome": "passed" if recovered else "FAILED",
+            "result": {"runbook": "deploy-rolled-back", "image": image, **figures},
+            "message": row["message"]}
+
+
+def _last_deploy_figures(environment: str, service: str) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts(limit=200)
+    report = next((a for a in artifact if a.key == f"deploy-{environment}-{service}"), None)
+    text = str(report.data) if report else ""
+    recovery = text.split("time to recovery (s) | ")[1].split(" |")[0] if "time to recovery (s) | " in text else "?"
+    return {"recovery_seconds": recovery}
+
+
 def _figures(row: dict[str, Any]) -> tuple[str, str]:
     r = row["result"]
+    if isinstance(r, dict) and r.get("runbook") == "deploy":
+        phases = "/".join(a["phase"] for a in r["analyses"])
+        return (f"{r['before'].get('image')} -> {r['after'].get('image')} ({r['strategy']}), analysis {phases}",
+                r["artifact"])
+    if isinstance(r, dict) and r.get("runbook") == "deploy-rolled-back":
+        return (f"analysis failed, rolled back to {r['image']}, recovered in {r['recovery_seconds']} s",
+                "deploy-sandbox-api")
     if isinstance(r, list):  # backup_all
         parts = [f"{x['database']}: {x.get('size', 0) / 1e6:.1f} MB, {x.get('rows', 0)} rows" for x in r]
         return "; ".join(parts), f"backup-all-{r[0]['environment'] if r else ''}"
@@ -54,6 +89,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     try:
         from flows.backup import backup_all
+        from flows.deploy import deploy
         from flows.restore_test import restore_test
         from tasks.config import load_environment
 
@@ -61,6 +97,10 @@ def main() -> int:
         rows.append(_run("backup-all", backup_all, env.name))
         for database in env.databases:
             rows.append(_run(f"restore-test {database}", restore_test, env.name, database))
+        rows.append(_run("deploy api (good)", deploy, env.name, "api", "sandbox/app:v2"))
+        bad = _run("deploy api (8% errors)", deploy, env.name, "api", "sandbox/app:v3-err8")
+        rows.append(_expect_rollback(bad, env.name, "api", "sandbox/app:v2"))
+        rows.append(_run("deploy web (blue-green)", deploy, env.name, "web", "sandbox/app:v2"))
     finally:
         print("== bringing the sandbox down")
         api.down(DEMO_DIR)

@@ -4,7 +4,8 @@
     .venv/bin/python -m deployments.serve staging    # only these environments
 
 Each environment gets `backup-all/<env>` on its backup cron and `restore-test/<env>-<db>`
-on its restore-test cron, both in the environment's timezone. Runs happen in this process;
+on its restore-test cron, both in the environment's timezone, and, when it has services,
+`deploy/<env>`, `rollback/<env>`, `scale/<env>`, `restart/<env>` and `autoscale/<env>`. Runs happen in this process;
 stop it with Ctrl-C.
 """
 
@@ -17,7 +18,10 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from flows.backup import backup_all, backup_database
+from flows.deploy import deploy
 from flows.restore_test import restore_test
+from flows.rollback import rollback
+from flows.scaling import autoscale, restart, scale
 from tasks.config import environments_dir, load_environment
 
 
@@ -34,6 +38,10 @@ def deployments_for(environment: str) -> list[Any]:
         backup_database.to_deployment(name=env.name, parameters={"environment": env.name},
                                       tags=["runbook", "backup", env.name]),
     ]
+    if env.services:  # deploy/<env>, rollback/<env>, ...: the UI's form asks for the service
+        for fl in (deploy, rollback, scale, restart, autoscale):
+            deps.append(fl.to_deployment(name=env.name, parameters={"environment": env.name},
+                                         tags=["runbook", fl.name, env.name]))
     for database in env.databases:
         deps.append(restore_test.to_deployment(
             name=f"{env.name}-{database}", parameters={"environment": env.name, "database": database},

@@ -284,6 +284,7 @@ def ask_about_inconclusive(record: DeployRecord) -> None:
 def gate(record: DeployRecord, result: dict[str, Any]) -> None:
     """Record an analysis and stop the deploy unless it passed (or a person promotes it)."""
     record.analyses.append(result)
+    record.timings["analysis"] = round(record.timings.get("analysis", 0.0) + result["seconds"], 3)
     if result["phase"] == "Successful":
         return
     record.detected_at = result["first_failure_wall"] or time.time()

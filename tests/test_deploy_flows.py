@@ -218,3 +218,18 @@ def test_failing_post_promotion_analysis_switches_back_and_leaves_blue_untouched
     assert blue_after.metadata.generation == blue_before.metadata.generation  # blue never touched
     assert blue_after.spec.replicas == 2 and image_of(apps, "web-blue", "web") == GOOD_IMAGE
     assert apps.read_namespaced_deployment("web-green", NAMESPACE).spec.replicas == 0
+
+
+def test_pre_deploy_backup_runs_as_a_subflow_and_is_recorded(make_environment: Any, apps: Any, api_on_v1: None) -> None:
+    from tasks import backups
+    from tasks.config import load_environment
+    from tasks.storage import open_storage
+
+    def with_backup(doc: dict[str, Any]) -> None:
+        doc["services"]["api"]["backup_database"] = "pgbench"
+
+    env = make_environment("deploy-backup", with_backup)
+    result = deploy(env, "api", "sandbox/app:v6")
+    assert result["backup_id"]
+    storage = open_storage(load_environment(env).database("pgbench").storage)
+    assert backups.load_manifest(storage, "pgbench", result["backup_id"]).row_counts

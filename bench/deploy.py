@@ -1,0 +1,111 @@
+"""Benchmark: how fast a bad rolling deploy is detected and undone, and what the
+orchestration itself costs.
+
+    .venv/bin/python bench/deploy.py
+
+On the sandbox (our Kubernetes API server, the sample web service):
+- a good rolling deploy: overhead = flow wall time minus the time spent waiting on the
+  rollout and on the analysis (the parts Kubernetes and the service decide);
+- a bad one (8% errors): rollback_seconds = from the first failed measurement to healthy
+  again after the automatic undo; its overhead = wall minus rollout, analysis and recovery.
+
+Prints a table, then one JSON line with rollback_seconds and overhead_seconds (the larger
+of the two overheads). Target: overhead_seconds under 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+_TMP = Path(tempfile.mkdtemp(prefix="runbook-bench-deploy-"))
+os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "results")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def main() -> None:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from sandbox import api
+
+    workdir = Path("/tmp/runbook-bench-deploy-sandbox")
+    envs = _TMP / "environments"
+    envs.mkdir()
+    os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(envs)
+    api.down(workdir)
+    state = api.up(workdir, 8, envs)
+    os.environ.update(state.secret_env())
+    good: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    try:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=120):
+            from flows.deploy import deploy
+
+            deploy("sandbox", "api", "sandbox/app:warmup")  # imports, client models, first API calls
+            for i in range(ROUNDS):
+                start = time.monotonic()
+                r = deploy("sandbox", "api", f"sandbox/app:v{i + 2}")
+                wall = time.monotonic() - start
+                analysis_s = r["timings"]["analysis"]
+                good.append({"wall": wall, "rollout": r["timings"]["rollout"], "analysis": analysis_s,
+                             "overhead": wall - r["timings"]["rollout"] - analysis_s})
+                start = time.monotonic()
+                s = deploy("sandbox", "api", f"sandbox/app:v{i + 2}-err8", return_state=True)
+                wall = time.monotonic() - start
+                assert s.is_failed()
+                rep = _failed_deploy_figures()
+                analysis_s = rep["timings"]["analysis"]
+                bad.append({"wall": wall, "rollout": rep["timings"]["rollout"], "analysis": analysis_s,
+                            "recovery": rep["recovery_seconds"],
+                            "overhead": wall - rep["timings"]["rollout"] - analysis_s - rep["recovery_seconds"]})
+    finally:
+        api.down(workdir)
+
+    print(f"{'run':<28} {'wall s':>7} {'rollout s':>10} {'analysis s':>11} {'recovery s':>11} {'overhead s':>11}")
+    for name, rows in (("good rolling deploy", good), ("bad deploy (8% errors)", bad)):
+        for i, r in enumerate(rows):
+            print(f"{name + f' #{i + 1}':<28} {r['wall']:>7.2f} {r['rollout']:>10.2f} {r['analysis']:>11.2f} "
+                  f"{r.get('recovery', 0.0):>11.2f} {r['overhead']:>11.2f}")
+    figures = {
+        "rounds": ROUNDS,
+        "rollback_seconds": round(statistics.median(r["recovery"] for r in bad), 2),
+        "good_overhead_seconds": round(statistics.median(r["overhead"] for r in good), 2),
+        "bad_overhead_seconds": round(statistics.median(r["overhead"] for r in bad), 2),
+    }
+    figures["overhead_seconds"] = max(figures["good_overhead_seconds"], figures["bad_overhead_seconds"])
+    print(json.dumps(figures))
+
+
+_seen: set[str] = set()
+
+
+def _failed_deploy_figures() -> dict[str, Any]:
+    """The failed run's figures, from the runbook.deploy.failed event it emitted."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        resp = httpx.post(f"{PREFECT_API_URL.value()}/events/filter",
+                          json={"filter": {"event": {"name": ["runbook.deploy.failed"]}}, "limit": 5})
+        for event in resp.json().get("events", []):
+            if event["id"] not in _seen and event["payload"].get("recovery_seconds") is not None:
+                _seen.add(event["id"])
+                return event["payload"]
+        time.sleep(0.3)
+    raise RuntimeError("no runbook.deploy.failed event with recovery figures")
+
+
+if __name__ == "__main__":
+    main()
