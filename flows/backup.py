@@ -21,13 +21,21 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
-from prefect.transactions import Transaction, get_transaction, transaction
+from prefect.transactions import Transaction, transaction
 
 from tasks import backups, postgres
 from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
 from tasks.errors import PermanentError, RunbookError, TransientError
 from tasks.faults import fault_point
-from tasks.prefect_api import artifact_key, emit, holding, md_table, publish_report, publish_table
+from tasks.prefect_api import (
+    artifact_key,
+    emit,
+    holding,
+    md_table,
+    publish_report,
+    publish_table,
+    remember_for_rollback,
+)
 from tasks.redact import scrub
 from tasks.retention import RetentionPlan, plan_retention
 from tasks.storage import open_storage
@@ -89,10 +97,7 @@ def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None) -
     dbname = cfg.dbname or database
     backup_id = backups.new_backup_id()
     prefix = backups.backup_prefix(database, backup_id)
-    txn = get_transaction()
-    if txn is not None:
-        txn.set("cfg", cfg)
-        txn.set("prefix", prefix)
+    remember_for_rollback(cfg=cfg, prefix=prefix)
     progress_id = create_progress_artifact(progress=0.0, key=artifact_key("backup-progress", env.name, database),
                                            description=f"pg_dump of {database} into {cfg.storage.url}")
 

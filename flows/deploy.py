@@ -25,14 +25,22 @@ import httpx
 from prefect import flow, task
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.transactions import Transaction, get_transaction, transaction
+from prefect.transactions import Transaction, transaction
 
 from flows.backup import backup_database
 from tasks import analysis, http_checks, kubernetes
 from tasks.checks import Check
 from tasks.config import IMAGE_RE, AnalysisConfig, EnvironmentConfig, ServiceConfig, load_environment
 from tasks.errors import CheckFailed, ConfigError, PolicyRefused
-from tasks.prefect_api import artifact_key, emit, holding, md_table, publish_report, publish_table
+from tasks.prefect_api import (
+    artifact_key,
+    emit,
+    holding,
+    md_table,
+    publish_report,
+    publish_table,
+    remember_for_rollback,
+)
 from tasks.redact import scrub
 from tasks.windows import active_freeze
 
@@ -142,11 +150,7 @@ def read_service_state(env: EnvironmentConfig, service: str) -> dict[str, Any]:
 def set_image(env: EnvironmentConfig, service: str, image: str, before: dict[str, Any]) -> dict[str, Any]:
     """`kubectl set image`: only the named container changes."""
     svc = env.service(service)
-    txn = get_transaction()
-    if txn is not None:
-        txn.set("env", env)
-        txn.set("service", service)
-        txn.set("before", before)
+    remember_for_rollback(env=env, service=service, before=before)
     with kubernetes.api_client(env.kubernetes) as api:
         dep = kubernetes.patch_container_image(api, svc.namespace, svc.deployment, svc.container, image)
     return {"generation": dep.get("metadata", {}).get("generation")}
@@ -391,11 +395,7 @@ def deploy_colour(env: EnvironmentConfig, service: str, colour: str, live: str, 
                   replicas: int) -> dict[str, Any]:
     """`kubectl apply -f kubernetes/green/`: the idle colour gets the new image."""
     svc = env.service(service)
-    txn = get_transaction()
-    if txn is not None:
-        txn.set("env", env)
-        txn.set("service", service)
-        txn.set("colour", colour)
+    remember_for_rollback(env=env, service=service, colour=colour)
     with kubernetes.api_client(env.kubernetes) as api:
         dep = kubernetes.ensure_colour_deployment(api, svc.namespace, svc.deployment, colour, image, svc.container,
                                                   replicas, template_from=f"{svc.deployment}-{live}")
@@ -431,11 +431,7 @@ def switch_traffic(env: EnvironmentConfig, service: str, colour: str) -> dict[st
         live = kubernetes.service_selector(api, svc.namespace, svc.blue_green.service)
         result = kubernetes.set_service_selector(api, svc.namespace, svc.blue_green.service,
                                                  {**live, kubernetes.COLOUR_LABEL: colour})
-    txn = get_transaction()
-    if txn is not None:
-        txn.set("env", env)
-        txn.set("service", service)
-        txn.set("previous", result["previous"])
+    remember_for_rollback(env=env, service=service, previous=result["previous"])
     return result
 
 

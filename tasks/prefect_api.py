@@ -72,6 +72,17 @@ def ensure_concurrency_limit(name: str, limit: int) -> None:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
 
 
+def remember_for_rollback(**values: Any) -> None:
+    """Keep values in the running task's transaction, for its `on_rollback` hook
+    (`txn.get(name)`). Outside a transaction there is nothing to undo: a no-op."""
+    from prefect.transactions import get_transaction
+
+    txn = get_transaction()
+    if txn is not None:
+        for name, value in values.items():
+            txn.set(name, value)
+
+
 @contextmanager
 def holding(limits: dict[str, int], timeout_seconds: float) -> Iterator[None]:
     """Hold one slot of each named global limit, creating limits as needed."""

@@ -7,8 +7,6 @@ and STATE_DIR/kube-server.json ({"pid", "url", "port", "kubeconfig"}), removed o
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import yaml
@@ -50,16 +48,12 @@ def main(argv: list[str] | None = None) -> None:
         ready_delay=args.ready_delay,
     )
     server.start()
-    info_file = state / INFO_FILE
     try:
         kubeconfig = server.write_kubeconfig(state / KUBECONFIG_FILE)
-        info = {"pid": os.getpid(), "url": server.url, "port": server.port, "kubeconfig": str(kubeconfig)}
-        httpserver.write_json_atomically(info_file, info)
-        print(json.dumps(info), flush=True)
-        httpserver.wait_for_signal()
-    finally:
+    except BaseException:
         server.stop()
-        info_file.unlink(missing_ok=True)
+        raise
+    httpserver.serve_until_signal(server, state / INFO_FILE, kubeconfig=str(kubeconfig))
 
 
 if __name__ == "__main__":

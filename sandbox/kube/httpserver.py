@@ -169,3 +169,16 @@ def wait_for_signal() -> None:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(1):
         pass
+
+
+def serve_until_signal(server: Any, info_file: Path, **info: Any) -> None:
+    """The detached process's life: publish pid and URL in `info_file`, serve until
+    SIGTERM or SIGINT, then stop the server and remove the file."""
+    try:
+        info = {"pid": os.getpid(), "url": server.url, "port": server.port, **info}
+        write_json_atomically(info_file, info)
+        print(json.dumps(info), flush=True)
+        wait_for_signal()
+    finally:
+        server.stop()
+        info_file.unlink(missing_ok=True)

@@ -6,8 +6,6 @@ Runs the sample web service until SIGTERM or SIGINT; writes D/webapp.json ({"pid
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import yaml
@@ -62,15 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         window=args.window,
     )
     server.start()
-    info_file = state / INFO_FILE
-    try:
-        info = {"pid": os.getpid(), "url": server.url, "port": server.port}
-        httpserver.write_json_atomically(info_file, info)
-        print(json.dumps(info), flush=True)
-        httpserver.wait_for_signal()
-    finally:
-        server.stop()
-        info_file.unlink(missing_ok=True)
+    httpserver.serve_until_signal(server, state / INFO_FILE)
 
 
 if __name__ == "__main__":
