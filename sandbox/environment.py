@@ -22,7 +22,7 @@ S3_PREFIX = "sandbox"
 
 def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, Any]:
     """The environment config for this sandbox as plain data (tests tweak it to make variants)."""
-    return {
+    doc: dict[str, Any] = {
         "name": name,
         "timezone": "UTC",
         "protected": False,
@@ -79,6 +79,9 @@ def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, An
         },
         **_kubernetes_part(state),
     }
+    if "services" in doc:  # the sample service `api` uses the fleet database
+        doc["databases"]["fleet"]["apps"] = ["api"]
+    return doc
 
 
 def _kubernetes_part(state: SandboxState) -> dict[str, Any]:

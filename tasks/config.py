@@ -184,6 +184,24 @@ class RestoreTestConfig(Model):
 # --- databases -------------------------------------------------------------------------
 
 
+class MigrationJob(Model):
+    """Run the application's own migration command (Flyway, Prisma, Alembic, a script) as a
+    Kubernetes Job, from the image being deployed."""
+
+    service: str = Field(description="The service whose namespace and image the Job uses")
+    command: list[str] = Field(min_length=1, description="Command and arguments, e.g. [python, scripts/migrate.py]")
+    timeout: Duration = Field(timedelta(minutes=30))
+
+
+class MigrationsConfig(Model):
+    path: str | None = Field(None, description="Folder of V<version>__<name>.sql files; default migrations/<database>")
+    lock_timeout: Duration = Field(timedelta(seconds=5), description="SET lock_timeout for each migration")
+    statement_timeout: Duration = Field(timedelta(minutes=15), description="SET statement_timeout for each migration")
+    verify_queries: list[SmokeQuery] = Field(default_factory=list, description="Checked after migrating")
+    job: MigrationJob | None = Field(None, description="Use the application's migration command instead of SQL files")
+    backup_first: bool = Field(True, description="Take a backup (the checkpoint) before any change")
+
+
 class DatabaseConfig(Model):
     dsn: SecretRef = Field(description="Connection string of the server (libpq URI or key=value)")
     dbname: str | None = Field(None, description="Database name on the server; default: the entry's key")
@@ -195,6 +213,8 @@ class DatabaseConfig(Model):
     objectives: Objectives
     restore_test: RestoreTestConfig = Field(default_factory=RestoreTestConfig)
     timezone: str | None = Field(None, description="Timezone for retention buckets; default: the environment's")
+    migrations: MigrationsConfig = Field(default_factory=MigrationsConfig)
+    apps: list[str] = Field(default_factory=list, description="Services that use this database (scaled to 0 for a restore)")
 
     def check_secrets(self) -> None:
         """Resolve every secret this database needs, so a missing one fails before any step."""
@@ -403,6 +423,14 @@ class EnvironmentConfig(Model):
             if svc.backup_database and svc.backup_database not in self.databases:
                 raise ValueError(f"services.{name}.backup_database {svc.backup_database!r} is not a database "
                                  f"of this environment; known: {', '.join(sorted(self.databases)) or '(none)'}")
+        for name, db in self.databases.items():
+            for app in db.apps:
+                if app not in self.services:
+                    raise ValueError(f"databases.{name}.apps: {app!r} is not a service of this environment; "
+                                     f"known: {', '.join(sorted(self.services)) or '(none)'}")
+            if db.migrations.job and db.migrations.job.service not in self.services:
+                raise ValueError(f"databases.{name}.migrations.job.service {db.migrations.job.service!r} is not a "
+                                 f"service of this environment")
         if self.services and self.kubernetes is None:
             raise ValueError("services need a 'kubernetes' section (kubeconfig, context)")
         return self
