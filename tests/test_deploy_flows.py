@@ -233,3 +233,29 @@ def test_pre_deploy_backup_runs_as_a_subflow_and_is_recorded(make_environment: A
     assert result["backup_id"]
     storage = open_storage(load_environment(env).database("pgbench").storage)
     assert backups.load_manifest(storage, "pgbench", result["backup_id"]).row_counts
+
+
+@pytest.mark.parametrize("action", ["promote", "rollback"])
+def test_inconclusive_analysis_pauses_for_a_person(
+    make_environment: Any, apps: Any, api_on_v1: None, action: str
+) -> None:
+    """A slow version (p95 800 ms) is between the success (500 ms) and failure (1000 ms)
+    bounds: the seed's "performance degradation: monitor, then decide" case."""
+    from prefect.flow_runs import resume_flow_run
+
+    env = make_environment(f"deploy-inconclusive-{action}")
+    outcome: list[Any] = []
+    started = time.time()
+    runner = threading.Thread(target=lambda: outcome.append(deploy(env, "api", "sandbox/app:v7-slow", return_state=True)))
+    runner.start()
+    holder: list[Any] = []
+    wait_until(lambda: bool(holder.append(_paused_run("deploy", started)) or holder[-1]), timeout=60)
+    resume_flow_run(holder[-1].id, run_input={"action": action, "approver": "carol", "reason": "looked at p95"})
+    runner.join(timeout=120)
+    state = outcome[0]
+    if action == "promote":
+        assert state.is_completed() and state.result()["analyses"][0]["phase"] == "Inconclusive"
+        assert image_of(apps, "api", "api") == "sandbox/app:v7-slow"
+    else:
+        assert state.is_failed() and "carol chose to roll back" in state.message
+        assert image_of(apps, "api", "api") == GOOD_IMAGE
