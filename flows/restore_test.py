@@ -42,28 +42,35 @@ def choose_backup(env: EnvironmentConfig, database: str, backup_id: str | None) 
     return newest
 
 
-def restore_server(env: EnvironmentConfig, database: str) -> postgres.Server:
+def restore_server(env: EnvironmentConfig, database: str, own_server: bool = False) -> postgres.Server:
+    """Where scratch restores go: `restore_test.dsn` if set, else (or with `own_server`) the
+    database's own server."""
     cfg = env.database(database)
-    return postgres.Server.from_dsn((cfg.restore_test.dsn or cfg.dsn).resolve())
+    ref = cfg.dsn if own_server else (cfg.restore_test.dsn or cfg.dsn)
+    return postgres.Server.from_dsn(ref.resolve())
 
 
 @task
-def restore_into_scratch(env: EnvironmentConfig, manifest: backups.Manifest, scratch: str) -> dict[str, float]:
-    """Download with checksum verification, create the scratch database, pg_restore -j."""
+def restore_into_scratch(env: EnvironmentConfig, manifest: backups.Manifest, scratch: str,
+                         replacing: str | None = None) -> dict[str, float]:
+    """Download with checksum verification, create the scratch database, pg_restore -j.
+    With `replacing` (the live database it will take the place of), restore on the database's
+    own server, with the live database's owner, encoding and locale, keeping owners and grants."""
     cfg = env.database(manifest.database)
-    server = restore_server(env, manifest.database)
+    server = restore_server(env, manifest.database, own_server=replacing is not None)
     storage = open_storage(cfg.storage)
     with tempfile.TemporaryDirectory(prefix="runbook-restore-") as tmp:
         path, fetch_seconds = backups.fetch_backup(storage, manifest, Path(tmp))
         started = time.monotonic()
-        postgres.create_database(server, scratch)
-        backups.pg_restore_into(server, scratch, path, cfg.restore_test.jobs, manifest.server_version // 10000)
+        postgres.create_database(server, scratch, like=replacing)
+        backups.pg_restore_into(server, scratch, path, cfg.restore_test.jobs, manifest.server_version // 10000,
+                                keep_ownership=replacing is not None)
         return {"download_and_checksum": round(fetch_seconds, 3), "pg_restore": round(time.monotonic() - started, 3)}
 
 
 @task
-def drop_scratch(env: EnvironmentConfig, database: str, scratch: str) -> bool:
-    return postgres.drop_database(restore_server(env, database), scratch)
+def drop_scratch(env: EnvironmentConfig, database: str, scratch: str, own_server: bool = False) -> bool:
+    return postgres.drop_database(restore_server(env, database, own_server), scratch)
 
 
 @task

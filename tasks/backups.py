@@ -432,10 +432,14 @@ def tables_in_toc(toc: list[str]) -> set[str]:
     return found
 
 
-def pg_restore_into(server: Server, dbname: str, path: Path, jobs: int, server_major: int | None = None) -> None:
+def pg_restore_into(server: Server, dbname: str, path: Path, jobs: int, server_major: int | None = None,
+                    keep_ownership: bool = False) -> None:
+    """pg_restore -j into an existing database. A scratch copy drops owners and grants (the
+    roles may not exist there); a copy that will replace production keeps them, so the
+    application's role can still read its tables after the swap."""
     pg_restore = find_tool("pg_restore", server_major)
-    args = [pg_restore, f"-j{jobs}", "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
-            "-d", dbname, str(path)]
+    ownership = [] if keep_ownership else ["--no-owner", "--no-privileges"]
+    args = [pg_restore, f"-j{jobs}", *ownership, "--exit-on-error", "--no-password", "-d", dbname, str(path)]
     env = server.env(dbname)
     proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

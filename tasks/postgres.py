@@ -275,9 +275,20 @@ def run_tool(args: list[str], server: Server, dbname: str, what: str, timeout: f
     return proc.stdout
 
 
-def create_database(server: Server, name: str) -> None:
+def create_database(server: Server, name: str, like: str | None = None) -> None:
+    """Create an empty database; with `like`, owned by that database's owner, with its encoding
+    and locale, so it can take that database's place."""
     with connect(server, "postgres") as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+        if like is None:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+            return
+        row = conn.execute(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype "
+            "FROM pg_database WHERE datname = %s", (like,)).fetchone()
+        if row is None:
+            raise PermanentError(f"database {like!r} does not exist on {server.describe()}")
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 OWNER {} ENCODING {} LC_COLLATE {} LC_CTYPE {}").format(
+            sql.Identifier(name), sql.Identifier(row[0]), sql.Literal(row[1]), sql.Literal(row[2]), sql.Literal(row[3])))
 
 
 def drop_database(server: Server, name: str) -> bool:
@@ -339,3 +350,76 @@ def first_value(conn: psycopg.Connection[Any], query: str) -> Any:
             raise classify(exc) from None
         raise CheckFailed(scrub(str(exc).strip())) from None
     return None if row is None else row[0]
+
+
+# --- sessions and renames (restore by swap) ---------------------------------------------------
+
+
+def database_oid(server: Server, name: str) -> int | None:
+    """The database's oid, None if there is no such database. A rename keeps the oid, so it
+    tells which database carries a name after a swap."""
+    with connect(server, "postgres") as conn:
+        row = conn.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _terminate(conn: psycopg.Connection[Any], names: tuple[str, ...]) -> int:
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ANY(%s) AND pid <> pg_backend_pid()",
+        (list(names),),
+    ).fetchall()
+    return sum(1 for r in rows if r[0])
+
+
+def terminate_connections(server: Server, dbname: str) -> int:
+    """pg_terminate_backend on every session of `dbname` but our own; returns how many.
+    Needs superuser or the pg_signal_backend role (and superuser for superusers' sessions)."""
+    with connect(server, "postgres") as conn:
+        return _terminate(conn, (dbname,))
+
+
+def _allow_connections(conn: psycopg.Connection[Any], names: tuple[str, ...], allowed: bool) -> None:
+    for name in names:
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.SQL("true" if allowed else "false")))
+
+
+def swap_databases(server: Server, live: str, replacement: str, keep_as: str, attempts: int = 3) -> int:
+    """Put `replacement` in the place of `live`, which is kept as `keep_as`.
+
+    Both renames run in one transaction: either both happen or neither, so a failure
+    between them cannot leave the server without a database named `live`. A rename needs
+    the database unused: new sessions to both are refused first (ALLOW_CONNECTIONS false),
+    then the remaining ones are terminated. The renaming transaction allows connections
+    again; a failed swap allows them again before it raises. Returns the sessions terminated.
+    Needs the databases' owner (or superuser) with CREATEDB, and the rights of
+    `terminate_connections`."""
+    names = (live, replacement)
+    terminated = 0
+    with connect(server, "postgres") as conn:
+        try:
+            _allow_connections(conn, names, False)
+            for attempt in range(1, attempts + 1):
+                terminated += _terminate(conn, names)
+                try:
+                    with conn.transaction():
+                        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(live), sql.Identifier(keep_as)))
+                        conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(replacement), sql.Identifier(live)))
+                        _allow_connections(conn, (live, keep_as), True)
+                    return terminated
+                except psycopg.errors.ObjectInUse:
+                    # A session that connected before ALLOW_CONNECTIONS took effect, and
+                    # outlived the 5 s PostgreSQL waits for it: terminate again.
+                    if attempt == attempts:
+                        raise
+        except psycopg.Error as exc:
+            error = classify(exc)
+            try:
+                _allow_connections(conn, names, True)  # rolled back: the names are as before
+            except psycopg.Error as again:
+                error.add_note(f"and allowing connections to {live!r} and {replacement!r} again failed: "
+                               f"{scrub(str(again).strip())}")
+            raise error from None
+    raise AssertionError("unreachable")
