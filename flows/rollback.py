@@ -65,17 +65,26 @@ def confirm(env: EnvironmentConfig, service: str) -> str:
 
 
 @flow(name="rollback")
-def rollback(environment: str, service: str, to_revision: int | None = None) -> dict[str, Any]:
+def rollback(environment: str, service: str, to_revision: int | None = None,
+             with_database: str | None = None) -> dict[str, Any]:
     """Roll a service back to its previous revision (or `to_revision`) and check its health.
-    Protected environments ask for the word ROLLBACK first."""
+    Protected environments ask for the word ROLLBACK first. With `with_database` (a backup
+    id), the seeds' database rollback: the app's database is restored from that backup and
+    swapped in first (restore-database: app scaled to 0, restore, swap), then the image."""
+    from flows.restore_database import restore_database
+
     env = load_environment(environment)
     env.service(service)
     if to_revision is not None and to_revision < 1:
         raise ConfigError(f"to_revision {to_revision!r} must be a revision number >= 1, or empty for the previous one")
+    database = env.database_of(service) if with_database else None
     approver = confirm(env, service) if env.protected else None
     outcome, error, info, health = "failed", None, {}, {}
     try:
-        info = undo(env, service, to_revision)
+        if database:
+            restored = restore_database(env.name, database, backup_id=with_database, mode="swap")
+            info["database"] = f"{database} restored from {with_database}, previous kept as {restored['names']['kept']}"
+        info.update(undo(env, service, to_revision))
         health = check_health(env, service)
         outcome = "succeeded"
     except Exception as exc:

@@ -417,6 +417,14 @@ class EnvironmentConfig(Model):
             known = ", ".join(sorted(self.services)) or "(none)"
             raise ConfigError(f"service {name!r} is not in environment {self.name!r}; known: {known}") from None
 
+    def database_of(self, service: str) -> str:
+        """The one database whose `apps` lists the service."""
+        found = [name for name, db in self.databases.items() if service in db.apps]
+        if len(found) != 1:
+            raise ConfigError(f"exactly one database of {self.name!r} must list {service!r} in its 'apps'; "
+                              f"found: {', '.join(found) or 'none'}")
+        return found[0]
+
     @model_validator(mode="after")
     def _references(self) -> EnvironmentConfig:
         for name, svc in self.services.items():

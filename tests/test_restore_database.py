@@ -328,3 +328,42 @@ def test_the_apps_role_keeps_its_grants_and_the_database_its_owner_after_a_swap(
         grant = conn.execute("SELECT has_table_privilege('fleet_app', 'public.trips', 'SELECT')").fetchone()
     assert owner is not None and owner[0] == "fleet_app"
     assert grant is not None and grant[0] is True
+
+
+def test_rollback_with_database_restores_the_data_and_the_previous_image(backed_up: Any, apps: Any) -> None:
+    """The seeds' database rollback: stop the app, restore, previous version, verify."""
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.deploy import deploy
+    from flows.rollback import rollback
+    from tasks import backups
+    from tasks.config import load_environment
+    from tasks.storage import open_storage
+
+    env = backed_up("rdrollback")
+    before_image = next(c.image for c in apps.read_namespaced_deployment("api", NAMESPACE).spec.template.spec.containers
+                        if c.name == "api")
+    backup_id = backups.read_catalogue(open_storage(load_environment(env).database("fleet").storage), "fleet").newest()
+    assert backup_id is not None
+    backed = counts("rdrollback")
+    deploy(env, "api", "sandbox/app:rr2")
+    change_after_backup("rdrollback")  # what the bad release did to the data
+
+    out: list[Any] = []
+    runner = threading.Thread(target=lambda: out.append(
+        rollback(env, "api", with_database=backup_id.backup_id, return_state=True)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while (run := _paused_restore(env)) is None:
+        assert time.monotonic() < deadline and runner.is_alive(), "the restore never asked for confirmation"
+        time.sleep(0.2)
+    resume_flow_run(run.id, run_input={"confirm": "rdrollback", "approver": "erin"})
+    runner.join(timeout=180)
+
+    state = out[0]
+    assert state.is_completed(), state.message
+    assert counts("rdrollback") == backed
+    image = next(c.image for c in apps.read_namespaced_deployment("api", NAMESPACE).spec.template.spec.containers
+                 if c.name == "api")
+    assert image == before_image
+    assert api_back_at_three(apps)
