@@ -5,7 +5,8 @@
 
 Each environment gets `backup-all/<env>` on its backup cron and `restore-test/<env>-<db>`
 on its restore-test cron, both in the environment's timezone, and, when it has services,
-`deploy/<env>`, `rollback/<env>`, `scale/<env>`, `restart/<env>` and `autoscale/<env>`. Runs happen in this process;
+`deploy/<env>`, `rollback/<env>`, `scale/<env>`, `restart/<env>` and `autoscale/<env>`;
+`migrate-database/<env>` and `restore-database/<env>` for manual runs. Runs happen in this process;
 stop it with Ctrl-C.
 """
 
@@ -19,6 +20,8 @@ from prefect.schedules import Cron
 
 from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
+from flows.migrate import migrate_database
+from flows.restore_database import restore_database
 from flows.restore_test import restore_test
 from flows.rollback import rollback
 from flows.scaling import autoscale, restart, scale
@@ -42,6 +45,9 @@ def deployments_for(environment: str) -> list[Any]:
         for fl in (deploy, rollback, scale, restart, autoscale):
             deps.append(fl.to_deployment(name=env.name, parameters={"environment": env.name},
                                          tags=["runbook", fl.name, env.name]))
+    for fl in (migrate_database, restore_database):  # manual runs: the form asks for the database
+        deps.append(fl.to_deployment(name=env.name, parameters={"environment": env.name},
+                                     tags=["runbook", fl.name, env.name]))
     for database in env.databases:
         deps.append(restore_test.to_deployment(
             name=f"{env.name}-{database}", parameters={"environment": env.name, "database": database},

@@ -116,6 +116,7 @@ class DeployRecord:
     rolled_back: bool = False
     detected_at: float | None = None
     recovery_seconds: float | None = None
+    migration: dict[str, Any] | None = None
     held_from: float | None = None  # when this run held the deploy lock (epoch seconds)
     held_until: float | None = None
 
@@ -235,6 +236,7 @@ def report_deploy(record: DeployRecord, svc: ServiceConfig) -> None:
         {"figure": "revision before / after", "value": f"{rec.before.get('revision', '')} / {rec.after.get('revision', '')}"},
         {"figure": "approver", "value": rec.approver or "(not required)"},
         {"figure": "pre-deploy backup", "value": rec.backup_id or "(none)"},
+        {"figure": "migration", "value": _migration_summary(rec.migration)},
         {"figure": "rolled back", "value": rec.rolled_back},
         {"figure": "time to recovery (s)", "value": "" if rec.recovery_seconds is None else f"{rec.recovery_seconds:.2f}"},
         {"figure": "service", "value": svc.url or ", ".join(svc.health_urls)},
@@ -259,6 +261,12 @@ def report_deploy(record: DeployRecord, svc: ServiceConfig) -> None:
         emit("runbook.deploy.failed", resource, payload)
         if rec.rolled_back:
             emit("runbook.deploy.rolled-back", resource, payload)
+
+
+def _migration_summary(migration: dict[str, Any] | None) -> str:
+    if not migration:
+        return "(none)"
+    return ", ".join(f"{k}: {migration.get(k)}" for k in ("outcome", "applied", "schema_version", "backup_id"))
 
 
 # --- steps a human takes ------------------------------------------------------------------------------
@@ -303,17 +311,24 @@ def gate(record: DeployRecord, result: dict[str, Any]) -> None:
 
 @flow(name="deploy")
 def deploy(environment: str, service: str, image: str,
-           strategy: Literal["rolling", "blue-green"] | None = None) -> dict[str, Any]:
+           strategy: Literal["rolling", "blue-green"] | None = None,
+           migrate: Literal["before", "after", "none"] = "none") -> dict[str, Any]:
     """Deploy `image` to `service`: preflight (one deploy at a time, freeze windows,
     approval in protected environments, optional pre-deploy backup), then a rolling or
     blue-green rollout gated by analysis and smoke checks. A failure after a change rolls
-    back on its own; the run then ends Failed with the time to recovery."""
+    back on its own; the run then ends Failed with the time to recovery. `migrate` runs the
+    service's database migrations before the rollout or after it passed."""
+    from flows.migrate import migrate_database
+
     env = load_environment(environment)
     svc = env.service(service)
     validate_image(image, svc)
     strategy = strategy or svc.strategy
     if strategy == "blue-green" and svc.blue_green is None:
         raise ConfigError(f"strategy 'blue-green' needs services.{service}.blue_green in {env.name}")
+    if migrate not in ("before", "after", "none"):
+        raise ConfigError(f"migrate {migrate!r} must be one of: before, after, none")
+    database = env.database_of(service) if migrate != "none" else None
     record = DeployRecord(env.name, service, image, strategy)
     started = time.monotonic()
     try:
@@ -327,11 +342,17 @@ def deploy(environment: str, service: str, image: str,
             if svc.backup_database:
                 record.backup_id = backup_database(env.name, svc.backup_database)["backup_id"]
             record.before = read_service_state(env, service)
+            if migrate == "before" and database:
+                record.migration = migrate_database(env.name, database, image=image)
             if strategy == "rolling":
                 rolling(env, service, image, record)
             else:
                 blue_green(env, service, image, record)
             record.after = read_service_state(env, service)
+            if migrate == "after" and database:
+                # The new version passed its analysis; a failed migration now fails the run
+                # but does not undo the image (the migration report says what to restore).
+                record.migration = migrate_database(env.name, database, image=image)
             record.outcome = "succeeded"
     except Exception as exc:
         record.outcome = "failed"

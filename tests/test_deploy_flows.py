@@ -259,3 +259,37 @@ def test_inconclusive_analysis_pauses_for_a_person(
     else:
         assert state.is_failed() and "carol chose to roll back" in state.message
         assert image_of(apps, "api", "api") == GOOD_IMAGE
+
+
+def test_deploy_runs_the_migrations_before_the_rollout(
+    make_environment: Any, apps: Any, api_on_v1: None, tmp_path: Any, sandbox: Any
+) -> None:
+    import os
+
+    from tasks import postgres
+
+    server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
+    postgres.drop_database(server, "deploy_migrate")
+    postgres.create_database(server, "deploy_migrate")
+    (tmp_path / "V1__create_notes.sql").write_text("CREATE TABLE notes (id bigint PRIMARY KEY, body text);\n")
+
+    def migrations(doc: dict[str, Any]) -> None:
+        fleet = doc["databases"]["fleet"]
+        fleet["dbname"] = "deploy_migrate"
+        fleet["migrations"] = {"path": str(tmp_path), "backup_first": False}
+
+    env = make_environment("deploy-migrate", migrations)
+    try:
+        result = deploy(env, "api", "sandbox/app:v8", migrate="before")
+        assert result["migration"]["applied"] == ["V1__create_notes.sql"]
+        with postgres.connect(server, "deploy_migrate") as conn:
+            assert conn.execute("SELECT to_regclass('public.notes')").fetchone()[0] == "notes"
+    finally:
+        postgres.drop_database(server, "deploy_migrate")
+
+
+def test_migrate_without_a_database_for_the_service_fails_before_any_change(make_environment: Any) -> None:
+    env = make_environment("deploy-migrate-none")
+    state = deploy(env, "web", "sandbox/app:v9", migrate="before", return_state=True)
+    assert state.is_failed() and "'apps'" in state.message and "'web'" in state.message
+    assert task_runs_of(state) == []
