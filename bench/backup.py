@@ -17,18 +17,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-_TMP = Path(tempfile.mkdtemp(prefix="runbook-bench-"))
-os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
-os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "results")
+from common import bench_sandbox, database_bytes, prefect_api, raw_pg_restore, write_environment  # noqa: E402
 
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "1024"))
 JOBS = int(os.environ.get("BENCH_JOBS", "2"))
@@ -41,26 +33,14 @@ def timed(fn: Any, *args: Any) -> tuple[float, Any]:
 
 
 def main() -> None:
-    import yaml
-    from prefect.testing.utilities import prefect_test_harness
-
     from sandbox import api
     from tasks import postgres
     from tasks.backups import CUSTOM_FILE
 
-    workdir = Path("/tmp/runbook-bench-sandbox")
-    envs = _TMP / "environments"
-    envs.mkdir()
-    os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(envs)
-    api.down(workdir)
-    t_gen, state = timed(api.up, workdir, SIZE_MB, envs)
-    os.environ.update(state.secret_env())
-    try:
+    with bench_sandbox("backup", SIZE_MB) as (state, t_gen):
         server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
-        with postgres.connect(server, "fleet") as conn:
-            db_bytes = int(conn.execute("SELECT pg_database_size('fleet')").fetchone()[0])
+        db_bytes = database_bytes(server, "fleet")
         pg_dump = postgres.find_tool("pg_dump", 15)
-        pg_restore = postgres.find_tool("pg_restore", 15)
 
         def raw_dump() -> float:
             start = time.monotonic()
@@ -72,22 +52,13 @@ def main() -> None:
         fleet["objectives"]["rto"] = "6h"
         fleet["restore_test"]["jobs"] = JOBS
         file_db = {**fleet, "dbname": "fleet",
-                   "storage": {"url": f"file://{workdir}/bench-backups"}}
+                   "storage": {"url": f"file://{state.workdir}/bench-backups"}}
         doc["databases"] = {"fleet": fleet, "fleet_file": file_db}
-        (envs / "bench.yaml").write_text(yaml.safe_dump(doc))
-
-        def raw_restore(dump_file: Path) -> float:
-            postgres.create_database(server, "raw_restore")
-            start = time.monotonic()
-            subprocess.run([pg_restore, f"-j{JOBS}", "--no-owner", "--no-privileges", "--exit-on-error",
-                            "-d", "raw_restore", str(dump_file)], env=server.env("raw_restore"), check=True)
-            elapsed = time.monotonic() - start
-            postgres.drop_database(server, "raw_restore")
-            return elapsed
+        write_environment("bench", doc)
 
         # Alternate ours and raw, twice each, and keep the best of each: the order of
         # runs (checkpoints, cache) must not decide the comparison.
-        with prefect_test_harness(server_startup_timeout=120):
+        with prefect_api():
             from flows.backup import backup_database
             from flows.restore_test import restore_test
 
@@ -97,13 +68,11 @@ def main() -> None:
                 file_runs.append(timed(backup_database, "bench", "fleet_file"))
             t_s3, res_s3 = timed(backup_database, "bench", "fleet")
             res_file = file_runs[-1][1]
-            dump_file = workdir / "bench-backups" / "fleet_file" / res_file["backup_id"] / CUSTOM_FILE
+            dump_file = state.workdir / "bench-backups" / "fleet_file" / res_file["backup_id"] / CUSTOM_FILE
             for _ in range(2):
                 t_wall, rt = timed(restore_test, "bench", "fleet_file")
                 restores.append((t_wall, rt))
-                raw_restores.append(raw_restore(dump_file))
-    finally:
-        api.down(workdir)
+                raw_restores.append(raw_pg_restore(server, dump_file, JOBS))
 
     t_raw_dump = min(raw_dumps)
     t_file = min(t for t, _ in file_runs)

@@ -18,59 +18,37 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import bench_sandbox, prefect_api  # noqa: E402
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-_TMP = Path(tempfile.mkdtemp(prefix="runbook-bench-deploy-"))
-os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
-os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "results")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def main() -> None:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    from sandbox import api
-
-    workdir = Path("/tmp/runbook-bench-deploy-sandbox")
-    envs = _TMP / "environments"
-    envs.mkdir()
-    os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(envs)
-    api.down(workdir)
-    state = api.up(workdir, 8, envs)
-    os.environ.update(state.secret_env())
     good: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
-    try:
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=120):
-            from flows.deploy import deploy
+    with bench_sandbox("deploy", 8), prefect_api():
+        from flows.deploy import deploy
 
-            deploy("sandbox", "api", "sandbox/app:warmup")  # imports, client models, first API calls
-            for i in range(ROUNDS):
-                start = time.monotonic()
-                r = deploy("sandbox", "api", f"sandbox/app:v{i + 2}")
-                wall = time.monotonic() - start
-                analysis_s = r["timings"]["analysis"]
-                good.append({"wall": wall, "rollout": r["timings"]["rollout"], "analysis": analysis_s,
-                             "overhead": wall - r["timings"]["rollout"] - analysis_s})
-                start = time.monotonic()
-                s = deploy("sandbox", "api", f"sandbox/app:v{i + 2}-err8", return_state=True)
-                wall = time.monotonic() - start
-                assert s.is_failed()
-                rep = _failed_deploy_figures()
-                analysis_s = rep["timings"]["analysis"]
-                bad.append({"wall": wall, "rollout": rep["timings"]["rollout"], "analysis": analysis_s,
-                            "recovery": rep["recovery_seconds"],
-                            "overhead": wall - rep["timings"]["rollout"] - analysis_s - rep["recovery_seconds"]})
-    finally:
-        api.down(workdir)
+        deploy("sandbox", "api", "sandbox/app:warmup")  # imports, client models, first API calls
+        for i in range(ROUNDS):
+            start = time.monotonic()
+            r = deploy("sandbox", "api", f"sandbox/app:v{i + 2}")
+            wall = time.monotonic() - start
+            analysis_s = r["timings"]["analysis"]
+            good.append({"wall": wall, "rollout": r["timings"]["rollout"], "analysis": analysis_s,
+                         "overhead": wall - r["timings"]["rollout"] - analysis_s})
+            start = time.monotonic()
+            s = deploy("sandbox", "api", f"sandbox/app:v{i + 2}-err8", return_state=True)
+            wall = time.monotonic() - start
+            assert s.is_failed()
+            rep = _failed_deploy_figures()
+            analysis_s = rep["timings"]["analysis"]
+            bad.append({"wall": wall, "rollout": rep["timings"]["rollout"], "analysis": analysis_s,
+                        "recovery": rep["recovery_seconds"],
+                        "overhead": wall - rep["timings"]["rollout"] - analysis_s - rep["recovery_seconds"]})
 
     print(f"{'run':<28} {'wall s':>7} {'rollout s':>10} {'analysis s':>11} {'recovery s':>11} {'overhead s':>11}")
     for name, rows in (("good rolling deploy", good), ("bad deploy (8% errors)", bad)):

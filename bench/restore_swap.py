@@ -19,21 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-_TMP = Path(tempfile.mkdtemp(prefix="runbook-bench-restore-"))
-os.environ["PREFECT_HOME"] = str(_TMP / "prefect")
-os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(_TMP / "results")
+from common import bench_sandbox, database_bytes, prefect_api, raw_pg_restore, write_environment  # noqa: E402
 
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "1024"))
 JOBS = int(os.environ.get("BENCH_JOBS", "2"))
@@ -70,63 +60,35 @@ def confirmed_swap(env: str, database: str, dbname: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    import yaml
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
     from sandbox import api
     from tasks import postgres
     from tasks.backups import CUSTOM_FILE
 
-    workdir = Path("/tmp/runbook-bench-restore-sandbox")
-    envs = _TMP / "environments"
-    envs.mkdir()
-    os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(envs)
-    api.down(workdir)
-    start = time.monotonic()
-    state = api.up(workdir, SIZE_MB, envs)
-    t_gen = time.monotonic() - start
-    os.environ.update(state.secret_env())
-    try:
+    with bench_sandbox("restore-swap", SIZE_MB) as (state, t_gen):
         server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
-        with postgres.connect(server, "fleet") as conn:
-            db_bytes = int(conn.execute("SELECT pg_database_size('fleet')").fetchone()[0])
-        pg_restore = postgres.find_tool("pg_restore", 15)
+        db_bytes = database_bytes(server, "fleet")
 
         doc = api.environment_dict(state, name=ENV)
         fleet = doc["databases"]["fleet"]
-        fleet["storage"] = {"url": f"file://{workdir}/bench-backups"}
+        fleet["storage"] = {"url": f"file://{state.workdir}/bench-backups"}
         fleet["objectives"]["rto"] = "6h"
         fleet["restore_test"]["jobs"] = JOBS
         fleet["apps"] = ["api"]
         doc["databases"] = {"fleet": fleet}
-        (envs / f"{ENV}.yaml").write_text(yaml.safe_dump(doc))
+        write_environment(ENV, doc)
 
-        def raw_restore(dump_file: Path) -> float:
-            postgres.create_database(server, "raw_restore")
-            started = time.monotonic()
-            subprocess.run([pg_restore, f"-j{JOBS}", "--no-owner", "--no-privileges", "--exit-on-error",
-                            "-d", "raw_restore", str(dump_file)], env=server.env("raw_restore"), check=True)
-            elapsed = time.monotonic() - started
-            postgres.drop_database(server, "raw_restore")
-            return elapsed
-
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
-                prefect_test_harness(server_startup_timeout=120):
+        with prefect_api():
             from flows.backup import backup_database
 
             backup = backup_database(ENV, "fleet")
-            dump_file = workdir / "bench-backups" / "fleet" / backup["backup_id"] / CUSTOM_FILE
+            dump_file = state.workdir / "bench-backups" / "fleet" / backup["backup_id"] / CUSTOM_FILE
             raws: list[float] = []
             ours: list[dict[str, Any]] = []
             for _ in range(2):
                 ours.append(confirmed_swap(ENV, "fleet", "fleet"))
                 # Only the live database and the dump are needed for the next round.
                 postgres.drop_database(server, ours[-1]["names"]["kept"])
-                raws.append(raw_restore(dump_file))
-    finally:
-        api.down(workdir)
-        shutil.rmtree(_TMP, ignore_errors=True)
+                raws.append(raw_pg_restore(server, dump_file, JOBS))
 
     best = min(ours, key=lambda r: r["app_down_seconds"])
     app_down = best["app_down_seconds"]

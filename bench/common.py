@@ -1,0 +1,83 @@
+"""What every benchmark needs: an isolated Prefect home, a sandbox of a given size, a local
+Prefect API, and raw pg_restore as the yardstick. Import it before Prefect: it sets the
+Prefect settings that are read at import time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+TMP = Path(tempfile.mkdtemp(prefix="runbook-bench-"))
+os.environ["PREFECT_HOME"] = str(TMP / "prefect")
+os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(TMP / "results")  # no cached results from earlier runs
+ENVIRONMENTS = TMP / "environments"
+ENVIRONMENTS.mkdir()
+os.environ["RUNBOOK_ENVIRONMENTS_DIR"] = str(ENVIRONMENTS)
+
+
+@contextmanager
+def bench_sandbox(name: str, size_mb: int) -> Iterator[tuple[Any, float]]:
+    """A fresh sandbox in /tmp/runbook-bench-<name>, its secrets in the environment; yields the
+    state and the seconds `up` took (data generation included). Always brought down."""
+    from sandbox import api
+
+    workdir = Path(f"/tmp/runbook-bench-{name}")
+    api.down(workdir)
+    start = time.monotonic()
+    state = api.up(workdir, size_mb, ENVIRONMENTS)
+    seconds = time.monotonic() - start
+    os.environ.update(state.secret_env())
+    try:
+        yield state, seconds
+    finally:
+        api.down(workdir)
+        shutil.rmtree(TMP, ignore_errors=True)
+
+
+@contextmanager
+def prefect_api() -> Iterator[None]:
+    """A local Prefect API for the run (the test harness), without flow heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def write_environment(name: str, doc: dict[str, Any]) -> None:
+    import yaml
+
+    (ENVIRONMENTS / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+
+
+def database_bytes(server: Any, dbname: str) -> int:
+    from tasks import postgres
+
+    with postgres.connect(server, dbname) as conn:
+        row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+    return int(row[0]) if row else 0
+
+
+def raw_pg_restore(server: Any, dump_file: Path, jobs: int) -> float:
+    """Seconds of a plain `pg_restore -j` of the dump into a new database (then dropped)."""
+    from tasks import postgres
+
+    pg_restore = postgres.find_tool("pg_restore", 15)
+    postgres.create_database(server, "raw_restore")
+    started = time.monotonic()
+    subprocess.run([pg_restore, f"-j{jobs}", "--no-owner", "--no-privileges", "--exit-on-error",
+                    "-d", "raw_restore", str(dump_file)], env=server.env("raw_restore"), check=True)
+    elapsed = time.monotonic() - started
+    postgres.drop_database(server, "raw_restore")
+    return elapsed
