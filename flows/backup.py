@@ -25,7 +25,7 @@ from prefect.transactions import Transaction, transaction
 
 from tasks import backups, postgres
 from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
-from tasks.errors import PermanentError, RunbookError, TransientError
+from tasks.errors import CheckFailed, PermanentError, RunbookError, TransientError
 from tasks.faults import fault_point
 from tasks.prefect_api import (
     artifact_key,
@@ -147,7 +147,7 @@ def verify_backup(env: EnvironmentConfig, manifest: backups.Manifest) -> backups
                                 manifest.server_version // 10000)
     missing = sorted(t for t, n in manifest.row_counts.items() if n and t not in backups.tables_in_toc(toc))
     if missing:
-        raise backups.CheckFailed(f"backup {manifest.backup_id}: tables missing from the archive: {', '.join(missing)}")
+        raise CheckFailed(f"backup {manifest.backup_id}: tables missing from the archive: {', '.join(missing)}")
     durations = {**manifest.durations, "verify": round(time.monotonic() - started, 3)}
     return manifest.model_copy(update={"durations": durations})
 
@@ -263,7 +263,7 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
                     manifest = commit_manifest(env, verified)
             fault_point("backup.after-commit")
             plan = apply_retention(env, database, datetime.now(UTC))
-    except (RunbookError, Exception) as exc:
+    except Exception as exc:
         report_backup(env, database, manifest, reused, None, scrub(str(exc)), checks)
         raise
     report_backup(env, database, manifest, reused, plan, None, checks)
