@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from common import bench_sandbox, prefect_api  # noqa: E402
+from _lib.common import bench_sandbox, prefect_api  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 

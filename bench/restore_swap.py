@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from common import bench_sandbox, database_bytes, prefect_api, raw_pg_restore, write_environment  # noqa: E402
+from _lib.common import bench_sandbox, database_bytes, prefect_api, raw_pg_restore, write_environment  # noqa: E402
 
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "1024"))
 JOBS = int(os.environ.get("BENCH_JOBS", "2"))

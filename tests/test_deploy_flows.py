@@ -144,25 +144,32 @@ def _paused_run(flow_name: str, since: float) -> Any:
     return next((r for r in runs if r.name and r.start_time and r.start_time.timestamp() >= since - 5), None)
 
 
+def deploy_answering_its_pause(env: str, image: str, run_input: dict[str, Any]) -> Any:
+    """Deploy `image` to `api` in a thread; when the run pauses for a person, resume it
+    through the API with `run_input`, as the UI would. Returns the final state."""
+    from prefect.flow_runs import resume_flow_run
+
+    outcome: list[Any] = []
+    started = time.time()
+    runner = threading.Thread(target=lambda: outcome.append(deploy(env, "api", image, return_state=True)))
+    runner.start()
+    holder: list[Any] = []
+    wait_until(lambda: bool(holder.append(_paused_run("deploy", started)) or holder[-1]), timeout=60)
+    resume_flow_run(holder[-1].id, run_input=run_input)
+    runner.join(timeout=120)
+    return outcome[0]
+
+
 @pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
 def test_protected_environment_needs_an_approval_resumed_through_the_api(
     make_environment: Any, apps: Any, api_on_v1: None, approve: bool
 ) -> None:
-    from prefect.flow_runs import resume_flow_run
-
     def protect(doc: dict[str, Any]) -> None:
         doc["protected"] = True
 
     env = make_environment(f"deploy-protected-{str(approve).lower()}", protect)
-    outcome: list[Any] = []
-    started = time.time()
-    runner = threading.Thread(target=lambda: outcome.append(deploy(env, "api", "sandbox/app:v5", return_state=True)))
-    runner.start()
-    holder: list[Any] = []
-    wait_until(lambda: bool(holder.append(_paused_run("deploy", started)) or holder[-1]), timeout=60)
-    resume_flow_run(holder[-1].id, run_input={"approve": approve, "approver": "alice", "reason": "change 42"})
-    runner.join(timeout=120)
-    state = outcome[0]
+    state = deploy_answering_its_pause(env, "sandbox/app:v5",
+                                       {"approve": approve, "approver": "alice", "reason": "change 42"})
     if approve:
         assert state.is_completed()
         assert state.result()["approver"] == "alice"
@@ -241,18 +248,9 @@ def test_inconclusive_analysis_pauses_for_a_person(
 ) -> None:
     """A slow version (p95 800 ms) is between the success (500 ms) and failure (1000 ms)
     bounds: the seed's "performance degradation: monitor, then decide" case."""
-    from prefect.flow_runs import resume_flow_run
-
     env = make_environment(f"deploy-inconclusive-{action}")
-    outcome: list[Any] = []
-    started = time.time()
-    runner = threading.Thread(target=lambda: outcome.append(deploy(env, "api", "sandbox/app:v7-slow", return_state=True)))
-    runner.start()
-    holder: list[Any] = []
-    wait_until(lambda: bool(holder.append(_paused_run("deploy", started)) or holder[-1]), timeout=60)
-    resume_flow_run(holder[-1].id, run_input={"action": action, "approver": "carol", "reason": "looked at p95"})
-    runner.join(timeout=120)
-    state = outcome[0]
+    state = deploy_answering_its_pause(env, "sandbox/app:v7-slow",
+                                       {"action": action, "approver": "carol", "reason": "looked at p95"})
     if action == "promote":
         assert state.is_completed() and state.result()["analyses"][0]["phase"] == "Inconclusive"
         assert image_of(apps, "api", "api") == "sandbox/app:v7-slow"
