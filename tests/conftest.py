@@ -31,6 +31,10 @@ def prefect_api() -> Iterator[None]:
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         with prefect_test_harness(server_startup_timeout=120):
             yield
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Here rather than in a fixture's teardown: tests/kube replaces the harness fixture.
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
