@@ -88,7 +88,8 @@ def preflight(env: EnvironmentConfig, database: str) -> dict[str, Any]:
 
 
 @task(**RETRIES)
-def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None) -> backups.Manifest:
+def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None,
+                    pg_dump_major: int) -> backups.Manifest:
     """Snapshot, exact row counts, then pg_dump --snapshot streamed into storage."""
     logger = get_run_logger()
     cfg = env.database(database)
@@ -106,7 +107,7 @@ def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None) -
         logger.info("dumping %s: %.0f%% of table data, %.1f MB written", database, fraction * 100, written / 1e6)
 
     started = time.monotonic()
-    with backups_snapshot(server, dbname) as snap:
+    with postgres.exported_snapshot(server, dbname) as snap:
         if cfg.format == "custom":
             files = [backups.stream_custom_dump(server, dbname, snap, storage, prefix + backups.CUSTOM_FILE,
                                                 cfg.compress, on_progress)]
@@ -119,7 +120,7 @@ def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None) -
         backup_id=backup_id, environment=env.name, database=database, dbname=dbname, format=cfg.format,
         files=files, size=sum(f.size for f in files), sha256=backups.combined_sha256(files),
         row_counts=snap.row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at,
-        server_version=snap.server_version, pg_dump_version=backups.pg_dump_major(snap.server_version // 10000),
+        server_version=snap.server_version, pg_dump_version=pg_dump_major,
         database_size=snap.database_size, durations={"dump": round(dump_seconds, 3)},
         flow_run_id=run_id, created_at=datetime.now(UTC).isoformat(),
     )
@@ -130,10 +131,6 @@ def discard_upload(txn: Transaction) -> None:
     """Undo of `dump_to_storage`: a backup that did not commit leaves nothing behind."""
     cfg: DatabaseConfig = txn.get("cfg")
     open_storage(cfg.storage).delete_prefix(txn.get("prefix"))
-
-
-def backups_snapshot(server: postgres.Server, dbname: str) -> Any:
-    return postgres.exported_snapshot(server, dbname)
 
 
 @task(**RETRIES)
@@ -258,7 +255,7 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
             if manifest is None:
                 checks = preflight(env, database)
                 with transaction():
-                    dumped = dump_to_storage(env, database, run_id)
+                    dumped = dump_to_storage(env, database, run_id, checks["pg_dump_major"])
                     verified = verify_backup(env, dumped)
                     manifest = commit_manifest(env, verified)
             fault_point("backup.after-commit")

@@ -78,7 +78,7 @@ def validate_image(image: Any, svc: ServiceConfig) -> str:
     if not m or not (m.group("tag") or m.group("digest")):
         raise ConfigError(f"image {image!r} is not an image reference with a tag or digest, "
                           "like 'registry.example.com/team/app:v1.2.3' or 'app@sha256:<64 hex>'")
-    repo = image.split("@")[0].rsplit(":", 1)[0] if m.group("tag") else image.split("@")[0]
+    repo = "/".join(p for p in (m.group("registry"), m.group("repo")) if p)
     if svc.image_repository and repo != svc.image_repository:
         raise ConfigError(f"image {image!r} is not from repository {svc.image_repository!r}, "
                           f"the only one allowed for deployment {svc.deployment!r}")
@@ -189,11 +189,11 @@ def run_analysis(spec_cfg: AnalysisConfig, health_urls: list[str], metrics_url: 
     measurements: list[analysis.Measurement] = []
     started_wall, started = time.time(), time.monotonic()
     with httpx.Client(timeout=5.0) as client:
-        _, sample, _ = http_checks.measure(client, [], metrics_url, None, 0.0)  # baseline counters
+        _, sample = http_checks.measure(client, [], metrics_url, None, 0.0)  # baseline counters
         while (due := analysis.next_due(measurements, spec)) is not None:
             due = max(due, spec.interval_seconds)  # the first measurement needs an interval of traffic
             time.sleep(max(0.0, due - (time.monotonic() - started)))
-            m, sample, _ = http_checks.measure(client, health_urls, metrics_url, sample, time.monotonic() - started)
+            m, sample = http_checks.measure(client, health_urls, metrics_url, sample, time.monotonic() - started)
             measurements.append(m)
     result = analysis.judge_run(measurements, spec)
     first_failed = None if result.first_failure_at is None else started_wall + result.first_failure_at

@@ -49,23 +49,20 @@ def read_metrics(client: httpx.Client, url: str) -> MetricsSample:
 
 
 def measure(client: httpx.Client, health_urls: list[str], metrics_url: str | None,
-            previous: MetricsSample | None, at: float) -> tuple[Measurement, MetricsSample | None, str]:
+            previous: MetricsSample | None, at: float) -> tuple[Measurement, MetricsSample | None]:
     """One analysis measurement: health, and error rate and latency since `previous`."""
-    healthy: bool | None = None
-    detail = ""
-    if health_urls:
-        healthy, detail = probe_health(client, health_urls)
+    healthy = probe_health(client, health_urls)[0] if health_urls else None
     if metrics_url is None:
-        return Measurement(at=at, healthy=healthy, error_rate=None, latency_ms=None), previous, detail
+        return Measurement(at=at, healthy=healthy, error_rate=None, latency_ms=None), previous
     try:
         sample = read_metrics(client, metrics_url)
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         return (Measurement(at=at, healthy=healthy, error_rate=None, latency_ms=None,
-                            error=f"metrics unavailable: {type(exc).__name__}: {exc}"), previous, detail)
+                            error=f"metrics unavailable: {type(exc).__name__}: {exc}"), previous)
     rate = None
     if previous is not None and sample.requests > previous.requests:
         rate = (sample.errors - previous.errors) / (sample.requests - previous.requests)
-    return Measurement(at=at, healthy=healthy, error_rate=rate, latency_ms=sample.latency_p95_ms), sample, detail
+    return Measurement(at=at, healthy=healthy, error_rate=rate, latency_ms=sample.latency_p95_ms), sample
 
 
 def smoke_check(client: httpx.Client, check: HttpCheck) -> Check:
