@@ -1,7 +1,15 @@
 """The sandbox's Kubernetes side: our fake API server, the sample web service, and the
-objects production would have: namespace `sandbox`, a rolling-deploy service `api`
-(Deployment with an app container and a sidecar, Service) and a blue-green service `web`
-(Deployment `web-blue`, live Service `web`, preview Service `web-preview`).
+objects production would have, in namespace `sandbox`:
+
+- `api`, deployed rolling: Deployment `api` (an app container and a sidecar), Service `api`.
+- `web`, blue-green by the live Service's selector: Deployment `web-blue`, live Service
+  `web` (selects colour=blue), preview Service `web-preview` (colour=green).
+- `admin` (SEV Fleet's admin portal), blue-green through an Ingress, as the seed runbook
+  switches it (`kubectl apply -f kubernetes/ingress-green.yaml`): Deployment `admin-blue`,
+  one Service per colour (`admin-blue`; the deploy creates `admin-green` as a copy of the
+  live colour's Service, as `kubectl apply -f kubernetes/green/` would), preview Service
+  `admin-preview` (colour=green) and Ingress `admin` whose backend is the live colour's
+  Service. The sample web service answers for it at /ing/sandbox/admin/...
 
 Images follow the sample service's tag conventions (sandbox/webapp/behaviour.py):
 `sandbox/app:v1` is good, `:v2-err8` fails 8% of requests, `:v2-bad-health` fails its
@@ -39,7 +47,8 @@ def start(workdir: Path) -> ClusterInfo:
         seed(kube.kubeconfig)
         web = webapp_server.start_detached(
             workdir / "webapp", kubeconfig=kube.kubeconfig,
-            services=[f"{NAMESPACE}/api", f"{NAMESPACE}/web", f"{NAMESPACE}/web-preview"], rate=40, window=5,
+            services=[f"{NAMESPACE}/{s}" for s in ("api", "web", "web-preview", "admin-preview")],
+            ingresses=[f"{NAMESPACE}/admin"], rate=40, window=5,
         )
     except BaseException:
         kube_server.stop_detached(workdir / "kube")
@@ -79,6 +88,15 @@ def _service(name: str, selector: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _ingress(name: str, host: str, service: str) -> dict[str, Any]:
+    backend = {"service": {"name": service, "port": {"number": 80}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}]},
+    }
+
+
 def seed(kubeconfig: Path) -> None:
     """Create what a deploy acts on, through the official client like any other user."""
     from kubernetes import client, config
@@ -95,23 +113,47 @@ def seed(kubeconfig: Path) -> None:
         apps.create_namespaced_deployment(NAMESPACE, _deployment("web-blue", {"app": "web", "colour": "blue"}, [web], 2))
         core.create_namespaced_service(NAMESPACE, _service("web", {"app": "web", "colour": "blue"}))
         core.create_namespaced_service(NAMESPACE, _service("web-preview", {"app": "web", "colour": "green"}))
+        admin = {"name": "admin", "image": GOOD_IMAGE, "ports": [{"containerPort": 8080}]}
+        apps.create_namespaced_deployment(
+            NAMESPACE, _deployment("admin-blue", {"app": "admin", "colour": "blue"}, [admin], 2))
+        core.create_namespaced_service(NAMESPACE, _service("admin-blue", {"app": "admin", "colour": "blue"}))
+        core.create_namespaced_service(NAMESPACE, _service("admin-preview", {"app": "admin", "colour": "green"}))
+        client.NetworkingV1Api(api_client).create_namespaced_ingress(
+            NAMESPACE, _ingress("admin", "admin.sandbox.local", "admin-blue"))
     finally:
         api_client.close()
 
 
 def services_config(webapp_url: str) -> dict[str, Any]:
     """The `services` section of sandbox.yaml."""
-    def urls(svc: str) -> tuple[str, str]:
-        base = f"{webapp_url}/svc/{NAMESPACE}/{svc}"
+    def urls(kind: str, name: str) -> tuple[str, str]:
+        base = f"{webapp_url}/{kind}/{NAMESPACE}/{name}"
         return f"{base}/health", f"{base}/metrics"
 
-    api_health, api_metrics = urls("api")
-    web_health, web_metrics = urls("web")
-    preview_health, preview_metrics = urls("web-preview")
+    api_health, api_metrics = urls("svc", "api")
     analysis = {"interval": "1s", "count": 3,
                 "success": {"max_error_rate": 0.01, "max_latency_ms": 500},
                 "failure": {"max_error_rate": 0.05, "max_latency_ms": 1000},
                 "failure_limit": 0, "consecutive_error_limit": 2}
+
+    def blue_green(name: str, live: tuple[str, str], **switch: str) -> dict[str, Any]:
+        """A blue-green service entry; `live` is where its traffic is watched (health and
+        metrics through the live Service or the Ingress), `switch` what the deploy switches."""
+        preview_health, preview_metrics = urls("svc", f"{name}-preview")
+        health, metrics = urls(*live)
+        return {
+            "namespace": NAMESPACE, "deployment": name, "container": name, "strategy": "blue-green",
+            "image_repository": "sandbox/app", "rollout_timeout": "60s",
+            "health_urls": [health], "metrics_url": metrics, "url": health,
+            "analysis": analysis,
+            "blue_green": {**switch, "preview_service": f"{name}-preview",
+                           "preview_health_urls": [preview_health], "preview_metrics_url": preview_metrics,
+                           "grace": "2s"},
+        }
+
+    admin = blue_green("admin", ("ing", "admin"), service="admin", ingress="admin")
+    admin["smoke_checks"] = [{"name": "admin portal answers", "url": f"{webapp_url}/ing/{NAMESPACE}/admin/orders",
+                              "expect_status": 200}]
     return {
         "api": {
             "namespace": NAMESPACE, "deployment": "api", "container": "api", "strategy": "rolling",
@@ -121,13 +163,6 @@ def services_config(webapp_url: str) -> dict[str, Any]:
             "smoke_checks": [{"name": "api answers", "url": f"{webapp_url}/svc/{NAMESPACE}/api/orders",
                               "expect_status": 200}],
         },
-        "web": {
-            "namespace": NAMESPACE, "deployment": "web", "container": "web", "strategy": "blue-green",
-            "image_repository": "sandbox/app", "rollout_timeout": "60s",
-            "health_urls": [web_health], "metrics_url": web_metrics, "url": web_health,
-            "analysis": analysis,
-            "blue_green": {"service": "web", "preview_service": "web-preview",
-                           "preview_health_urls": [preview_health], "preview_metrics_url": preview_metrics,
-                           "grace": "2s"},
-        },
+        "web": blue_green("web", ("svc", "web"), service="web"),
+        "admin": admin,
     }

@@ -8,11 +8,12 @@ use the socket. Over TCP every login needs a SCRAM password.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -230,12 +231,7 @@ def stop(data: Path, pg_dir: Path, bin_dir: Path | None, port: int | None) -> in
             except PermanentError:
                 continue
     if pid_alive(pid) and "postgres" in cmdline(pid):
-        children = _children(pid)
-        for p in [pid, *children]:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_with_children(pid)
     wait_until(lambda: not pid_alive(pid), 10)
     if port is not None:
         wait_until(lambda: not port_open(HOST, port), 10)
@@ -254,6 +250,7 @@ def _remove_orphan_shm(data: Path) -> None:
     try:
         key_id = (data / "postmaster.pid").read_text().splitlines()[6].split()
         key, shmid = int(key_id[0]), int(key_id[1])
+        # psutil has no view of System V IPC; this is the kernel's own table of segments.
         rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
     except (OSError, IndexError, ValueError):
         return
@@ -266,17 +263,17 @@ def _remove_orphan_shm(data: Path) -> None:
                 pass  # a 56-byte leak is not worth failing `down` over
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
-    return found
+def _kill_with_children(pid: int) -> None:
+    """SIGKILL the postmaster and the backends it forked. psutil checks that each pid still
+    names the process it listed, so a pid the kernel reused meanwhile is spared."""
+    try:
+        postmaster = psutil.Process(pid)
+        family = [postmaster, *postmaster.children()]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
 
 
 def _read(path: Path) -> str:

@@ -7,6 +7,7 @@ connection string back at us.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -15,6 +16,8 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 from tasks.errors import PermanentError
 
@@ -104,23 +107,18 @@ def pid_alive(pid: int | None) -> bool:
     if not pid or pid <= 0:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True  # exists, owned by someone else
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
 
 
 def cmdline(pid: int) -> str:
     """The command line of a process, '' if it is gone or unreadable."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
         return ""
 
 
@@ -161,16 +159,13 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    # A group of zombies still answers the signal; only live members count.
-    members = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgid_of(int(p.name)) == pgid]
-    return any(pid_alive(m) for m in members)
-
-
-def _pgid_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
+    # A group of zombies still answers the signal; only live members count. psutil does
+    # not report process groups, so each process's group comes from getpgid.
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                return True
+    return False
 
 
 def _reap(pid: int) -> None:

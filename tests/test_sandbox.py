@@ -16,11 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
-from sandbox import api, postgres, s3, sampledata
-from sandbox.process import free_port, pid_alive, port_open, run, scrub
+from sandbox import api, cluster, postgres, s3, sampledata
+from sandbox.process import free_port, pid_alive, port_open, run, scrub, wait_until
 from sandbox.state import ENV_FILE, MARKER_FILE, STATE_FILE, SandboxState
 from tasks.config import load_environment
 from tasks.errors import ConfigError, PermanentError
@@ -161,6 +162,14 @@ def test_s3_bucket_takes_objects(sandbox):
     client.put_object(Bucket=sandbox.s3_bucket, Key="sandbox/probe.txt", Body=b"hello")
     assert client.get_object(Bucket=sandbox.s3_bucket, Key="sandbox/probe.txt")["Body"].read() == b"hello"
     client.delete_object(Bucket=sandbox.s3_bucket, Key="sandbox/probe.txt")
+
+
+def test_admin_portal_answers_through_its_ingress_as_the_blue_colour(sandbox):
+    url = cluster.services_config(sandbox.webapp_url)["admin"]["health_urls"][0]
+    assert wait_until(lambda: httpx.get(url).status_code == 200, timeout=10)
+    health = httpx.get(url).json()
+    assert (health["ingress"], health["service"], health["versions"]) == (
+        "sandbox/admin", "sandbox/admin-blue", {cluster.GOOD_IMAGE: 2})
 
 
 def test_environment_config_validates_and_its_secrets_connect(sandbox, base_dir, monkeypatch):

@@ -18,6 +18,6 @@ controller, a job controller and a fake kubelet whose pods follow image rules.
     cluster.py     the loop that runs them
     api.py, discovery.py, tables.py, openapi.py   the HTTP API
     protobuf.py    kubectl's protobuf request bodies, decoded to JSON
-    httpserver.py  uvicorn in a thread, detached processes
     server.py      KubeServer, running_server, start_detached/stop_detached
+                   (on sandbox/httpserver.py, which the sample web service shares)
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from sandbox.kube import httpserver
+from sandbox import httpserver
 from sandbox.kube.server import INFO_FILE, KUBECONFIG_FILE, KubeServer
 
 

@@ -67,6 +67,33 @@ def pod_active(pod: Mapping[str, Any]) -> bool:
     )
 
 
+def create_pod_from_template(registry: Registry, events: EventRecorder, owner: Obj, component: str) -> Obj:
+    """Create a pod from the pod template of `owner` (a ReplicaSet or a Job), controlled by it
+    and named `<owner>-<suffix>`, and record the SuccessfulCreate event `component` reports."""
+    template = owner["spec"]["template"]
+    meta = template.get("metadata") or {}
+    namespace, name = owner["metadata"]["namespace"], owner["metadata"]["name"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-{random_suffix()}",
+            "generateName": f"{name}-",
+            "namespace": namespace,
+            "labels": dict(meta.get("labels") or {}),
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": copy.deepcopy(template.get("spec") or {}),
+    }
+    if meta.get("annotations"):
+        pod["metadata"]["annotations"] = dict(meta["annotations"])
+    created = registry.create(PODS, namespace, pod)
+    events.record(
+        owner, "Normal", "SuccessfulCreate", f"Created pod: {created['metadata']['name']}", component
+    )
+    return created
+
+
 def _created(obj: Mapping[str, Any]) -> tuple[str, str]:
     return (obj["metadata"].get("creationTimestamp", ""), obj["metadata"]["name"])
 
@@ -485,7 +512,7 @@ class ReplicaSetController:
         diff = len(active) - rs["spec"].get("replicas", 0)
         if diff < 0:
             for _ in range(-diff):
-                active.append(self._create_pod(rs))
+                active.append(create_pod_from_template(self.registry, self.events, rs, self.component))
         elif diff > 0:
             for pod in sorted(active, key=_deletion_rank)[:diff]:
                 try:
@@ -522,29 +549,6 @@ class ReplicaSetController:
                 lambda obj: obj.__setitem__("status", status),
                 subresource="status",
             )
-
-    def _create_pod(self, rs: Obj) -> Obj:
-        template = rs["spec"]["template"]
-        meta = template.get("metadata") or {}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{rs['metadata']['name']}-{random_suffix()}",
-                "generateName": f"{rs['metadata']['name']}-",
-                "namespace": rs["metadata"]["namespace"],
-                "labels": dict(meta.get("labels") or {}),
-                "ownerReferences": [owner_reference(rs)],
-            },
-            "spec": copy.deepcopy(template.get("spec") or {}),
-        }
-        if meta.get("annotations"):
-            pod["metadata"]["annotations"] = dict(meta["annotations"])
-        created = self.registry.create(PODS, rs["metadata"]["namespace"], pod)
-        self.events.record(
-            rs, "Normal", "SuccessfulCreate", f"Created pod: {created['metadata']['name']}", self.component
-        )
-        return created
 
 
 # --- horizontal pod autoscalers ---------------------------------------------------------

@@ -11,9 +11,9 @@ import copy
 from typing import Any
 
 from sandbox.kube import clock, errors, resources
-from sandbox.kube.controllers import controller_uid, owner_reference, pod_ready
+from sandbox.kube.controllers import controller_uid, create_pod_from_template, pod_ready
 from sandbox.kube.events import EventRecorder
-from sandbox.kube.registry import Registry, random_suffix
+from sandbox.kube.registry import Registry
 
 JOBS = resources.storage_resource("Job")
 PODS = resources.storage_resource("Pod")
@@ -79,7 +79,7 @@ class JobController:
         elif not spec.get("suspend"):
             wanted = min(spec.get("parallelism", 1), completions - succeeded) - len(active)
             for _ in range(max(wanted, 0)):
-                active.append(self._create_pod(job))
+                active.append(create_pod_from_template(self.registry, self.events, job, self.component))
         if outcome is not None and outcome[0] == "Failed":
             for pod in active:
                 try:
@@ -115,26 +115,3 @@ class JobController:
             self.registry.mutate(
                 JOBS, namespace, name, lambda obj: obj.__setitem__("status", status), subresource="status"
             )
-
-    def _create_pod(self, job: Obj) -> Obj:
-        template = job["spec"]["template"]
-        meta = template.get("metadata") or {}
-        pod = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": f"{job['metadata']['name']}-{random_suffix()}",
-                "generateName": f"{job['metadata']['name']}-",
-                "namespace": job["metadata"]["namespace"],
-                "labels": dict(meta.get("labels") or {}),
-                "ownerReferences": [owner_reference(job)],
-            },
-            "spec": copy.deepcopy(template.get("spec") or {}),
-        }
-        if meta.get("annotations"):
-            pod["metadata"]["annotations"] = dict(meta["annotations"])
-        created = self.registry.create(PODS, job["metadata"]["namespace"], pod)
-        self.events.record(
-            job, "Normal", "SuccessfulCreate", f"Created pod: {created['metadata']['name']}", self.component
-        )
-        return created

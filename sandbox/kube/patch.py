@@ -6,7 +6,8 @@
   `$patch: replace|delete|merge`, `$retainKeys`, `$setElementOrder/<list>` and
   `$deleteFromPrimitiveList/<list>` directives kubectl sends.
 - `json_merge`: `application/merge-patch+json` (RFC 7386): lists are always replaced.
-- `json_patch`: `application/json-patch+json` (RFC 6902): a list of operations.
+- `json_patch`: `application/json-patch+json` (RFC 6902): a list of operations, applied by
+  the `jsonpatch` library.
 
 The merge keys come from the Go struct tags of the built-in types (`patchMergeKey`,
 `patchStrategy`); `list_merge_key` holds the ones the sandbox's kinds use.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+
+import jsonpatch
 
 from sandbox.kube.errors import Invalid
 
@@ -222,113 +225,10 @@ def json_merge(target: Any, patch: Any) -> Any:
 # --- JSON patch (RFC 6902) -------------------------------------------------------------
 
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise Invalid(f"JSON pointer {path!r} must start with '/'")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _parent(doc: Any, parts: list[str], path: str) -> Any:
-    node = doc
-    for part in parts[:-1]:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise Invalid(f"doc is missing path: {path!r}")
-    return node
-
-
-def _index(node: list[Any], part: str, path: str, *, allow_end: bool) -> int:
-    if part == "-" and allow_end:
-        return len(node)
-    if not part.isdigit():
-        raise Invalid(f"invalid array index {part!r} in {path!r}")
-    index = int(part)
-    if index > len(node) or (index == len(node) and not allow_end):
-        raise Invalid(f"array index {index} out of bounds in {path!r}")
-    return index
-
-
-def _get(doc: Any, path: str) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        return doc
-    parent = _parent(doc, parts, path)
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise Invalid(f"doc is missing path: {path!r}")
-        return parent[last]
-    if isinstance(parent, list):
-        return parent[_index(parent, last, path, allow_end=False)]
-    raise Invalid(f"doc is missing path: {path!r}")
-
-
-def _remove(doc: Any, path: str) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        raise Invalid("cannot remove the whole document")
-    parent = _parent(doc, parts, path)
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise Invalid(f"remove operation does not apply: doc is missing path: {path!r}")
-        return parent.pop(last)
-    if isinstance(parent, list):
-        return parent.pop(_index(parent, last, path, allow_end=False))
-    raise Invalid(f"remove operation does not apply: doc is missing path: {path!r}")
-
-
-def _add(doc: Any, path: str, value: Any, *, replace: bool) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        return value
-    parent = _parent(doc, parts, path)
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if replace and last not in parent:
-            raise Invalid(f"replace operation does not apply: doc is missing key: {path!r}")
-        parent[last] = value
-    elif isinstance(parent, list):
-        if replace:
-            parent[_index(parent, last, path, allow_end=False)] = value
-        else:
-            parent.insert(_index(parent, last, path, allow_end=True), value)
-    else:
-        raise Invalid(f"doc is missing path: {path!r}")
-    return doc
-
-
 def json_patch(document: Any, operations: Any) -> Any:
-    if not isinstance(operations, list):
-        raise Invalid("a JSON patch must be a list of operations")
-    doc = copy.deepcopy(document)
-    for op in operations:
-        if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise Invalid(f"invalid JSON patch operation {op!r}: needs 'op' and 'path'")
-        kind, path = op["op"], op["path"]
-        if kind in ("add", "replace", "test") and "value" not in op:
-            raise Invalid(f"JSON patch operation {kind!r} on {path!r} needs a 'value'")
-        if kind == "add":
-            doc = _add(doc, path, copy.deepcopy(op["value"]), replace=False)
-        elif kind == "replace":
-            doc = _add(doc, path, copy.deepcopy(op["value"]), replace=True)
-        elif kind == "remove":
-            _remove(doc, path)
-        elif kind == "move":
-            value = _remove(doc, op["from"])
-            doc = _add(doc, path, value, replace=False)
-        elif kind == "copy":
-            doc = _add(doc, path, copy.deepcopy(_get(doc, op["from"])), replace=False)
-        elif kind == "test":
-            if _get(doc, path) != op["value"]:
-                raise Invalid(f"testing value {path!r} failed")
-        else:
-            raise Invalid(
-                f"unknown JSON patch operation {kind!r}; allowed: add, remove, replace, move, copy, test"
-            )
-    return doc
+    """`document` with the operations applied (the original is not changed); a malformed
+    patch, a path that does not resolve and a failed `test` are all Invalid (422)."""
+    try:
+        return jsonpatch.JsonPatch(operations).apply(document)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise Invalid(f"the JSON patch does not apply: {exc}") from None

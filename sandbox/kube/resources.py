@@ -402,6 +402,55 @@ def _workload_problems(
     return problems
 
 
+_PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
+
+
+def _ingress_backend_problems(backend: Any, where: str) -> list[tuple[str, str]]:
+    if not isinstance(backend, dict) or (backend.get("service") is None) == (backend.get("resource") is None):
+        return [(where, 'Invalid value: "": exactly one of resource or service backend is required')]
+    service = backend.get("service")
+    if service is None:
+        return []
+    problems = []
+    if not service.get("name"):
+        problems.append((f"{where}.service.name", "Required value"))
+    port = service.get("port") or {}
+    if not port.get("name") and not port.get("number"):
+        problems.append((f"{where}.service.port", "Required value: port name or number is required"))
+    return problems
+
+
+def _ingress_problems(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the real API server refuses and what the official client cannot read back: a
+    path without a pathType or a backend, a backend naming neither a Service nor a resource."""
+    rules = spec.get("rules") or []
+    problems: list[tuple[str, str]] = []
+    if not rules and spec.get("defaultBackend") is None:
+        problems.append(("spec", "Invalid value: []: either `defaultBackend` or `rules` must be specified"))
+    if spec.get("defaultBackend") is not None:
+        problems += _ingress_backend_problems(spec["defaultBackend"], "spec.defaultBackend")
+    for i, rule in enumerate(rules):
+        http = rule.get("http")
+        if http is None:
+            continue
+        if not http.get("paths"):
+            problems.append((f"spec.rules[{i}].http.paths", "Required value"))
+        for j, path in enumerate(http.get("paths") or []):
+            where = f"spec.rules[{i}].http.paths[{j}]"
+            if path.get("pathType") is None:
+                problems.append((f"{where}.pathType", "Required value: pathType must be specified"))
+            elif path["pathType"] not in _PATH_TYPES:
+                supported = ", ".join(f'"{p}"' for p in _PATH_TYPES)
+                problems.append(
+                    (
+                        f"{where}.pathType",
+                        f"Unsupported value: {path['pathType']!r}: supported values: {supported}",
+                    )
+                )
+            problems += _ingress_backend_problems(path.get("backend"), f"{where}.backend")
+    return problems
+
+
 def validate(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None = None) -> None:
     meta = obj.get("metadata") or {}
     name = meta.get("name") or ""
@@ -433,6 +482,8 @@ def validate(kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None = 
         for i, port in enumerate((obj.get("spec") or {}).get("ports") or []):
             if not isinstance(port.get("port"), int):
                 problems.append((f"spec.ports[{i}].port", "Required value"))
+    elif kind == "Ingress":
+        problems += _ingress_problems(obj.get("spec") or {})
     elif kind == "HorizontalPodAutoscaler":
         spec = obj.get("spec") or {}
         if not isinstance(spec.get("maxReplicas"), int) or spec["maxReplicas"] < spec.get("minReplicas", 1):

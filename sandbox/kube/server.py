@@ -13,23 +13,21 @@ session, which writes `kubeconfig`, `kube-server.json` (pid, url) and `kube-serv
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sandbox.kube import httpserver
+from sandbox import httpserver
 from sandbox.kube.api import KubeApi
 from sandbox.kube.cluster import Cluster
 
 INFO_FILE = "kube-server.json"
 LOG_FILE = "kube-server.log"
 KUBECONFIG_FILE = "kubeconfig"
-RULES_FILE = "image-rules.json"
+DETACHED = httpserver.DetachedProcess("sandbox.kube", INFO_FILE, LOG_FILE)
 
 
 def kubeconfig(
@@ -49,7 +47,7 @@ def kubeconfig(
     }
 
 
-class KubeServer:
+class KubeServer(httpserver.LoopbackServer):
     """The fake cluster and its API on one loopback port."""
 
     def __init__(
@@ -77,14 +75,6 @@ class KubeServer:
         self.api = KubeApi(self.cluster, token=token)
         self._http = httpserver.ThreadedServer(self.api.app, host, port, name="sandbox-kube-api")
 
-    @property
-    def url(self) -> str:
-        return self._http.url
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
     def start(self) -> KubeServer:
         self.cluster.start()
         self._http.start()
@@ -93,12 +83,6 @@ class KubeServer:
     def stop(self) -> None:
         self._http.stop(before_shutdown=self.api.close_streams)
         self.cluster.stop()
-
-    def __enter__(self) -> KubeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def kubeconfig(self, *, context: str = "sandbox", namespace: str | None = None) -> dict[str, Any]:
         return kubeconfig(self.url, self.token, context=context, namespace=namespace)
@@ -119,26 +103,17 @@ class KubeServer:
         self.cluster.set_rules(rules, default_rules=default_rules, merge=merge)
 
 
-@contextmanager
-def running_server(**options: Any) -> Iterator[KubeServer]:
-    """A started KubeServer, stopped on exit. Options are KubeServer's."""
-    server = KubeServer(**options)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def running_server(**options: Any) -> KubeServer:
+    """A KubeServer that `with` starts and stops. Options are KubeServer's."""
+    return KubeServer(**options)
 
 
 # --- detached ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class DetachedServer:
-    pid: int
-    url: str
+class DetachedKubeServer(httpserver.DetachedServer):
     kubeconfig: Path
-    state_dir: Path
 
 
 def start_detached(
@@ -149,27 +124,21 @@ def start_detached(
     token: str | None = None,
     tick: float | None = None,
     ready_delay: float | None = None,
-) -> DetachedServer:
+) -> DetachedKubeServer:
     """Start `python -m sandbox.kube` in its own session; returns once it serves."""
-    state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    args = ["--port", str(port), "--state-dir", str(state)]
-    if rules is not None:
-        rules_file = state / RULES_FILE
-        rules_file.write_text(json.dumps(rules, indent=2))
-        args += ["--rules", str(rules_file)]
-    if token:
-        args += ["--token", token]
-    if tick is not None:
-        args += ["--tick", str(tick)]
-    if ready_delay is not None:
-        args += ["--ready-delay", str(ready_delay)]
-    info = httpserver.spawn("sandbox.kube", args, state / INFO_FILE, state / LOG_FILE)
-    return DetachedServer(
-        pid=info["pid"], url=info["url"], kubeconfig=Path(info["kubeconfig"]), state_dir=state
+    info = DETACHED.start(
+        state_dir,
+        {
+            "--port": port,
+            "--rules": rules,
+            "--token": token or None,
+            "--tick": tick,
+            "--ready-delay": ready_delay,
+        },
     )
+    return DetachedKubeServer(info["pid"], info["url"], Path(state_dir), Path(info["kubeconfig"]))
 
 
 def stop_detached(state_dir: str | Path, *, timeout: float = 10) -> bool:
     """Stop the detached server of `state_dir`; False if none was running."""
-    return httpserver.terminate(Path(state_dir) / INFO_FILE, timeout=timeout)
+    return DETACHED.stop(state_dir, timeout=timeout)

@@ -1,4 +1,5 @@
-"""python -m sandbox.webapp --kubeconfig K --state-dir D [--port 0] [--behaviours FILE] [--service NS/NAME]...
+"""python -m sandbox.webapp --kubeconfig K --state-dir D [--port 0] [--behaviours FILE]
+    [--service NS/NAME]... [--ingress NS/NAME]...
 
 Runs the sample web service until SIGTERM or SIGINT; writes D/webapp.json ({"pid", "url"}).
 """
@@ -10,14 +11,14 @@ from pathlib import Path
 
 import yaml
 
-from sandbox.kube import httpserver
+from sandbox import httpserver
 from sandbox.webapp.server import INFO_FILE, WebAppServer, api_from_kubeconfig
 
 
-def _service(text: str) -> tuple[str, str]:
+def _namespaced(text: str) -> tuple[str, str]:
     namespace, sep, name = text.partition("/")
     if not sep or not namespace or not name:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a service as NAMESPACE/NAME")
+        raise argparse.ArgumentTypeError(f"{text!r}: give a service or an ingress as NAMESPACE/NAME")
     return namespace, name
 
 
@@ -35,9 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-tag-conventions", action="store_true", help="ignore bad-health/errN/slow in tags"
     )
-    parser.add_argument(
-        "--service", type=_service, action="append", default=[], help="NS/NAME to track from the start"
-    )
+    for flag, kind in (("--service", "Service"), ("--ingress", "Ingress")):
+        parser.add_argument(
+            flag,
+            type=_namespaced,
+            action="append",
+            default=[],
+            help=f"{kind} NS/NAME to track from the start",
+        )
     parser.add_argument("--rate", type=float, default=50.0, help="synthetic requests per second per service")
     parser.add_argument(
         "--window", type=float, default=5.0, help="seconds of requests the error rate and latency cover"
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         behaviours=behaviours,
         tag_conventions=not args.no_tag_conventions,
         services=args.service,
+        ingresses=args.ingress,
         rate=args.rate,
         window=args.window,
     )

@@ -1,6 +1,8 @@
 """The sample web service: one process serving any number of Kubernetes Services.
 
-Every Service is addressed by path: /svc/NAMESPACE/SERVICE/...
+Every Service is addressed by path, /svc/NAMESPACE/SERVICE/..., or through an Ingress,
+/ing/NAMESPACE/INGRESS/..., which answers as /svc/... does for the Service the Ingress's
+backend names (its default backend, else its first rule's first path).
 
     GET /svc/NS/SVC/health     200 {"status": "ok", "versions": {IMAGE: PODS}, "pods": N}
                                503 {"status": "unhealthy" | "unavailable", "reason": ..., ...}
@@ -9,14 +11,16 @@ Every Service is addressed by path: /svc/NAMESPACE/SERVICE/...
                                ?format=prometheus for Prometheus text
     GET /svc/NS/SVC/[anything] one real request: 200 {"version", "latency_ms"} or 500, after
                                the version's latency
-    GET /metrics               Prometheus text for every tracked Service
+    GET /ing/NS/ING/...        the same three through the Ingress; bodies add "ingress"
+    GET /metrics               Prometheus text for every tracked Service and Ingress
     GET /healthz               the web app's own liveness
     GET|POST /sandbox/behaviours   read or replace the version behaviours (behaviour.py)
 
-A Service is tracked from its first request (or from `services` at start): a background
-thread then re-reads its routing from the API server every `refresh` seconds and sends it
-`rate` synthetic requests per second, so its counters move on their own. /health reads
-the routing afresh on every call, so a selector switch or a finished rollout shows at once.
+A Service or an Ingress is tracked from its first request (or from `services` and
+`ingresses` at start): a background thread then re-reads its routing from the API server
+every `refresh` seconds and sends it `rate` synthetic requests per second, so its counters
+move on their own. /health reads the routing afresh on every call, so a selector switch, an
+Ingress backend switch or a finished rollout shows at once.
 """
 
 from __future__ import annotations
@@ -26,66 +30,86 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import httpx
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from sandbox.webapp.behaviour import VersionBehaviours
-from sandbox.webapp.traffic import Routing, ServiceTraffic, health_verdict, routed_versions
+from sandbox.webapp.traffic import Routing, ServiceTraffic, health_verdict, ingress_backend, routed_versions
+
+Kind = Literal["svc", "ing"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a path addresses: a Service (`svc`), or an Ingress (`ing`) and, through its
+    backend, a Service."""
+
+    kind: Kind
+    namespace: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def names(self, routing: Routing) -> dict[str, str | None]:
+        """What an answer is about: the Service, or the Ingress and the Service it routed to."""
+        if self.kind == "ing":
+            return {"ingress": self.label, "service": routing.service}
+        return {"service": self.label}
 
 
 class KubeReader:
-    """Reads a Service and its pods from the (fake) Kubernetes API."""
+    """Reads an Ingress, a Service and its pods from the (fake) Kubernetes API."""
 
     def __init__(self, url: str, token: str | None) -> None:
         self.url = url.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _paths(self, namespace: str, name: str) -> tuple[str, str]:
-        return f"/api/v1/namespaces/{namespace}/services/{name}", f"/api/v1/namespaces/{namespace}/pods"
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=5)
 
-    @staticmethod
-    def _routing(service_resp: httpx.Response, pods: list[dict[str, Any]], label: str) -> Routing:
-        if service_resp.status_code == 404:
+    def read(self, client: httpx.Client, target: Target) -> Routing:
+        """Where `target` sends traffic now; an Ingress, through the Service its backend names."""
+        if target.kind == "svc":
+            return self._service(client, target.namespace, target.name)
+        path = f"/apis/networking.k8s.io/v1/namespaces/{target.namespace}/ingresses/{target.name}"
+        ingress = client.get(path)
+        if ingress.status_code == 404:
+            return Routing({}, problem=f"ingress {target.label} not found")
+        ingress.raise_for_status()
+        service = ingress_backend(ingress.json())
+        if service is None:
+            return Routing({}, problem=f"ingress {target.label} names no Service backend")
+        return self._service(client, target.namespace, service)
+
+    def _service(self, client: httpx.Client, namespace: str, name: str) -> Routing:
+        label = f"{namespace}/{name}"
+        svc = client.get(f"/api/v1/namespaces/{namespace}/services/{name}")
+        if svc.status_code == 404:
             return routed_versions(None, [], label)
-        service_resp.raise_for_status()
-        return routed_versions(service_resp.json(), pods, label)
-
-    @staticmethod
-    def _selector(service_resp: httpx.Response) -> str | None:
-        if service_resp.status_code != 200:
-            return None
-        selector = (service_resp.json().get("spec") or {}).get("selector") or {}
-        return ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or None
-
-    def read(self, client: httpx.Client, namespace: str, name: str) -> Routing:
-        svc_path, pods_path = self._paths(namespace, name)
-        svc = client.get(svc_path)
-        selector = self._selector(svc)
-        pods = client.get(pods_path, params={"labelSelector": selector}).json()["items"] if selector else []
-        return self._routing(svc, pods, f"{namespace}/{name}")
-
-    async def aread(self, client: httpx.AsyncClient, namespace: str, name: str) -> Routing:
-        svc_path, pods_path = self._paths(namespace, name)
-        svc = await client.get(svc_path)
-        selector = self._selector(svc)
-        pods = (
-            (await client.get(pods_path, params={"labelSelector": selector})).json()["items"]
-            if selector
-            else []
-        )
-        return self._routing(svc, pods, f"{namespace}/{name}")
+        svc.raise_for_status()
+        selector = (svc.json().get("spec") or {}).get("selector") or {}
+        pods = []
+        if selector:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+            pods = client.get(
+                f"/api/v1/namespaces/{namespace}/pods", params={"labelSelector": labels}
+            ).json()["items"]
+        return routed_versions(svc.json(), pods, label)
 
 
 @dataclass
 class Tracked:
     traffic: ServiceTraffic
     routing: Routing = field(default_factory=lambda: Routing({}, problem="not read yet"))
-    last_error: str | None = None
 
 
 class WebApp:
@@ -97,6 +121,7 @@ class WebApp:
         behaviours: Mapping[str, Any] | None = None,
         tag_conventions: bool = True,
         services: Iterable[tuple[str, str]] = (),
+        ingresses: Iterable[tuple[str, str]] = (),
         rate: float = 50.0,
         window: float = 5.0,
         refresh: float = 0.1,
@@ -107,31 +132,37 @@ class WebApp:
         self.window = window
         self.refresh = refresh
         self._lock = threading.Lock()
-        self._services: dict[tuple[str, str], Tracked] = {}
+        self._tracked: dict[Target, Tracked] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # For the handlers, which read the API in the thread pool; the traffic thread has its own.
+        self._client = self.kube.client()
         for namespace, name in services:
-            self.track(namespace, name)
-        self.app = Starlette(
-            routes=[
-                Route("/healthz", lambda _: PlainTextResponse("ok")),
-                Route("/metrics", self.prometheus_all),
-                Route("/sandbox/behaviours", self.behaviour_config, methods=["GET", "POST", "PUT"]),
-                Route("/svc/{namespace}/{service}/health", self.health),
-                Route("/svc/{namespace}/{service}/metrics", self.metrics),
-                Route("/svc/{namespace}/{service}", self.serve, methods=["GET", "POST"]),
-                Route("/svc/{namespace}/{service}/{rest:path}", self.serve, methods=["GET", "POST"]),
+            self.track(Target("svc", namespace, name))
+        for namespace, name in ingresses:
+            self.track(Target("ing", namespace, name))
+        routes = [
+            Route("/healthz", lambda _: PlainTextResponse("ok")),
+            Route("/metrics", self.prometheus_all),
+            Route("/sandbox/behaviours", self.behaviour_config, methods=["GET", "POST", "PUT"]),
+        ]
+        for kind in ("svc", "ing"):
+            base = f"/{kind}/{{namespace}}/{{name}}"
+            routes += [
+                Route(f"{base}/health", partial(self.health, kind)),
+                Route(f"{base}/metrics", partial(self.metrics, kind)),
+                Route(base, partial(self.serve, kind), methods=["GET", "POST"]),
+                Route(f"{base}/{{rest:path}}", partial(self.serve, kind), methods=["GET", "POST"]),
             ]
-        )
+        self.app = Starlette(routes=routes)
 
     # --- tracking and the traffic thread --------------------------------------------
 
-    def track(self, namespace: str, name: str) -> Tracked:
+    def track(self, target: Target) -> Tracked:
         with self._lock:
-            key = (namespace, name)
-            if key not in self._services:
-                self._services[key] = Tracked(ServiceTraffic(window_seconds=self.window))
-            return self._services[key]
+            if target not in self._tracked:
+                self._tracked[target] = Tracked(ServiceTraffic(window_seconds=self.window))
+            return self._tracked[target]
 
     def start(self) -> None:
         self._stop.clear()
@@ -143,83 +174,74 @@ class WebApp:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self._client.close()
 
     def _run(self) -> None:
         last = time.monotonic()
-        with httpx.Client(base_url=self.kube.url, headers=self.kube.headers, timeout=5) as client:
+        with self.kube.client() as client:
             while not self._stop.is_set():
                 now = time.monotonic()
                 dt, last = now - last, now
                 with self._lock:
-                    tracked = list(self._services.items())
-                for (namespace, name), state in tracked:
-                    try:
-                        routing = self.kube.read(client, namespace, name)
-                        error = None
-                    except (httpx.HTTPError, ValueError, KeyError) as exc:
-                        routing, error = (
-                            Routing({}, problem=f"cannot read the Kubernetes API: {exc}"),
-                            str(exc),
-                        )
+                    tracked = list(self._tracked.items())
+                for target, state in tracked:
+                    routing = self._read(client, target)
                     with self._lock:
-                        state.routing, state.last_error = routing, error
+                        state.routing = routing
                         state.traffic.simulate(routing, self.behaviours, self.rate, dt, time.time())
                 self._stop.wait(self.refresh)
 
+    def _read(self, client: httpx.Client, target: Target) -> Routing:
+        try:
+            return self.kube.read(client, target)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            return Routing({}, problem=f"cannot read the Kubernetes API: {exc}")
+
     # --- handlers -------------------------------------------------------------------
 
-    async def _routing(self, namespace: str, name: str) -> Routing:
-        async with httpx.AsyncClient(base_url=self.kube.url, headers=self.kube.headers, timeout=5) as client:
-            try:
-                return await self.kube.aread(client, namespace, name)
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
-                return Routing({}, problem=f"cannot read the Kubernetes API: {exc}")
+    def _target(self, kind: Kind, request: Request) -> Target:
+        return Target(kind, request.path_params["namespace"], request.path_params["name"])
 
-    async def health(self, request: Request) -> Response:
-        namespace, name = request.path_params["namespace"], request.path_params["service"]
-        self.track(namespace, name)
-        code, body = health_verdict(await self._routing(namespace, name), self.behaviours)
-        return JSONResponse({"service": f"{namespace}/{name}", **body}, status_code=code)
+    async def health(self, kind: Kind, request: Request) -> Response:
+        target = self._target(kind, request)
+        self.track(target)
+        routing = await run_in_threadpool(self._read, self._client, target)
+        code, body = health_verdict(routing, self.behaviours)
+        return JSONResponse({**target.names(routing), **body}, status_code=code)
 
-    async def serve(self, request: Request) -> Response:
-        namespace, name = request.path_params["namespace"], request.path_params["service"]
-        state = self.track(namespace, name)
-        routing = await self._routing(namespace, name)
+    async def serve(self, kind: Kind, request: Request) -> Response:
+        target = self._target(kind, request)
+        state = self.track(target)
+        routing = await run_in_threadpool(self._read, self._client, target)
         with self._lock:
             version = state.traffic.pick(routing)
             failed, latency = state.traffic.request(version, self.behaviours, time.time())
         await asyncio.sleep(latency / 1000)
-        body = {"service": f"{namespace}/{name}", "version": version, "latency_ms": round(latency, 1)}
+        body = {**target.names(routing), "version": version, "latency_ms": round(latency, 1)}
         if routing.problem:
             return JSONResponse({**body, "error": routing.problem}, status_code=503)
         if failed:
             return JSONResponse({**body, "error": "simulated failure of this version"}, status_code=500)
         return JSONResponse(body)
 
-    def _snapshot(self, namespace: str, name: str) -> dict[str, Any]:
-        state = self.track(namespace, name)
+    def _snapshot(self, target: Target) -> dict[str, Any]:
+        state = self.track(target)
         with self._lock:
             snap = state.traffic.snapshot(time.time())
             routing = state.routing
-        return {
-            "service": f"{namespace}/{name}",
-            "routed": dict(routing.versions),
-            "rate_rps": self.rate,
-            **snap,
-        }
+        return {**target.names(routing), "routed": dict(routing.versions), "rate_rps": self.rate, **snap}
 
-    async def metrics(self, request: Request) -> Response:
-        namespace, name = request.path_params["namespace"], request.path_params["service"]
-        snap = self._snapshot(namespace, name)
+    async def metrics(self, kind: Kind, request: Request) -> Response:
+        snap = self._snapshot(self._target(kind, request))
         if request.query_params.get("format") == "prometheus":
             return PlainTextResponse(prometheus_text([snap]), media_type="text/plain; version=0.0.4")
         return JSONResponse(snap)
 
     async def prometheus_all(self, request: Request) -> Response:
         with self._lock:
-            keys = list(self._services)
+            targets = list(self._tracked)
         return PlainTextResponse(
-            prometheus_text([self._snapshot(ns, n) for ns, n in keys]), media_type="text/plain; version=0.0.4"
+            prometheus_text([self._snapshot(t) for t in targets]), media_type="text/plain; version=0.0.4"
         )
 
     async def behaviour_config(self, request: Request) -> Response:
@@ -252,20 +274,22 @@ def _label(value: str) -> str:
 
 def prometheus_text(snapshots: Iterable[Mapping[str, Any]]) -> str:
     lines = [
-        "# HELP sandbox_requests_total Requests served, by service and version.",
+        "# HELP sandbox_requests_total Requests served, by service or ingress, and version.",
         "# TYPE sandbox_requests_total counter",
     ]
     errors = [
-        "# HELP sandbox_errors_total Failed requests, by service and version.",
+        "# HELP sandbox_errors_total Failed requests, by service or ingress, and version.",
         "# TYPE sandbox_errors_total counter",
     ]
     latency = [
-        "# HELP sandbox_request_latency_ms Request latency quantiles over the window, by service.",
+        "# HELP sandbox_request_latency_ms Request latency quantiles over the window, by service or ingress.",
         "# TYPE sandbox_request_latency_ms summary",
     ]
     for snap in snapshots:
-        namespace, service = snap["service"].split("/", 1)
-        base = f'namespace="{_label(namespace)}",service="{_label(service)}"'
+        # Traffic through an Ingress is counted apart from its Service's, under the Ingress's name.
+        kind = "ingress" if "ingress" in snap else "service"
+        namespace, name = snap[kind].split("/", 1)
+        base = f'namespace="{_label(namespace)}",{kind}="{_label(name)}"'
         for version, v in snap["versions"].items():
             labels = f'{base},version="{_label(version)}"'
             lines.append(f"sandbox_requests_total{{{labels}}} {v['requests']}")

@@ -2,6 +2,7 @@
 
     with running_webapp(kube_url=srv.url) as web:
         httpx.get(f"{web.url}/svc/default/web/health")
+        httpx.get(f"{web.url}/ing/default/web/health")  # through the Ingress `web`
 
 `start_detached(state_dir, kubeconfig=...)` runs `python -m sandbox.webapp`, which writes
 `webapp.json` (pid, url) and `webapp.log` in `state_dir`; `stop_detached(state_dir)` ends it.
@@ -9,21 +10,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sandbox.kube import httpserver
+from sandbox import httpserver
 from sandbox.webapp.app import WebApp
 
 INFO_FILE = "webapp.json"
 LOG_FILE = "webapp.log"
-BEHAVIOURS_FILE = "behaviours.json"
+DETACHED = httpserver.DetachedProcess("sandbox.webapp", INFO_FILE, LOG_FILE)
 
 
 def api_from_kubeconfig(path: str | Path) -> tuple[str, str | None]:
@@ -41,22 +39,18 @@ def api_from_kubeconfig(path: str | Path) -> tuple[str, str | None]:
     return clusters[context["cluster"]]["server"], users.get(context.get("user", ""), {}).get("token")
 
 
-class WebAppServer:
+class WebAppServer(httpserver.LoopbackServer):
     def __init__(self, kube_url: str, *, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
         self.webapp = WebApp(kube_url, **options)
         self._http = httpserver.ThreadedServer(self.webapp.app, host, port, name="sandbox-webapp")
 
-    @property
-    def url(self) -> str:
-        return self._http.url
-
-    @property
-    def port(self) -> int:
-        return self._http.port
-
     def service_url(self, namespace: str, service: str) -> str:
         """Base URL of one Service: append /health, /metrics or any request path."""
         return f"{self.url}/svc/{namespace}/{service}"
+
+    def ingress_url(self, namespace: str, ingress: str) -> str:
+        """Base URL of the Service an Ingress routes to, through the Ingress: the same paths."""
+        return f"{self.url}/ing/{namespace}/{ingress}"
 
     def start(self) -> WebAppServer:
         self.webapp.start()
@@ -67,30 +61,12 @@ class WebAppServer:
         self._http.stop()
         self.webapp.stop()
 
-    def __enter__(self) -> WebAppServer:
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@contextmanager
-def running_webapp(kube_url: str, **options: Any) -> Iterator[WebAppServer]:
-    """A started web service reading the API server at `kube_url`; options are WebApp's
-    (token, behaviours, tag_conventions, services, rate, window, refresh) and host/port."""
-    server = WebAppServer(kube_url, **options)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@dataclass(frozen=True)
-class DetachedWebApp:
-    pid: int
-    url: str
-    state_dir: Path
+def running_webapp(kube_url: str, **options: Any) -> WebAppServer:
+    """A web service reading the API server at `kube_url` that `with` starts and stops;
+    options are WebApp's (token, behaviours, tag_conventions, services, ingresses, rate,
+    window, refresh) and host/port."""
+    return WebAppServer(kube_url, **options)
 
 
 def start_detached(
@@ -100,26 +76,26 @@ def start_detached(
     port: int = 0,
     behaviours: Mapping[str, Any] | None = None,
     services: Iterable[str] = (),
+    ingresses: Iterable[str] = (),
     rate: float | None = None,
     window: float | None = None,
-) -> DetachedWebApp:
-    """Start `python -m sandbox.webapp` in its own session; `services` are "NS/NAME"."""
-    state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    args = ["--kubeconfig", str(kubeconfig), "--port", str(port), "--state-dir", str(state)]
-    if behaviours is not None:
-        path = state / BEHAVIOURS_FILE
-        path.write_text(json.dumps(behaviours, indent=2))
-        args += ["--behaviours", str(path)]
-    for service in services:
-        args += ["--service", service]
-    if rate is not None:
-        args += ["--rate", str(rate)]
-    if window is not None:
-        args += ["--window", str(window)]
-    info = httpserver.spawn("sandbox.webapp", args, state / INFO_FILE, state / LOG_FILE)
-    return DetachedWebApp(pid=info["pid"], url=info["url"], state_dir=state)
+) -> httpserver.DetachedServer:
+    """Start `python -m sandbox.webapp` in its own session; `services` and `ingresses` to
+    track from the start are "NS/NAME"."""
+    info = DETACHED.start(
+        state_dir,
+        {
+            "--kubeconfig": kubeconfig,
+            "--port": port,
+            "--behaviours": behaviours,
+            "--service": list(services),
+            "--ingress": list(ingresses),
+            "--rate": rate,
+            "--window": window,
+        },
+    )
+    return httpserver.DetachedServer(info["pid"], info["url"], Path(state_dir))
 
 
 def stop_detached(state_dir: str | Path, *, timeout: float = 10) -> bool:
-    return httpserver.terminate(Path(state_dir) / INFO_FILE, timeout=timeout)
+    return DETACHED.stop(state_dir, timeout=timeout)

@@ -1,7 +1,8 @@
 """Routing, health and simulated traffic of one Kubernetes Service, as pure logic.
 
-`routed_versions` reads which images the Service sends traffic to (its selector against
-Ready pods' labels, as the endpoints controller does). `health_verdict` turns that and the
+`ingress_backend` names the Service an Ingress sends traffic to. `routed_versions` reads
+which images the Service sends traffic to (its selector against Ready pods' labels, as the
+endpoints controller does). `health_verdict` turns that and the
 version behaviours into the /health answer. `ServiceTraffic` counts requests, synthetic or
 real: each version gets its share by pod count; errors come from a per-version
 accumulator (8% is exactly 8 errors in 100 requests) and latencies from a low-discrepancy
@@ -24,11 +25,13 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 
 @dataclass(frozen=True)
 class Routing:
-    """Where a Service sends traffic: image -> ready pod count. `problem` says why there is none."""
+    """Where a Service sends traffic: image -> ready pod count. `problem` says why there is none;
+    `service` is the Service's NAMESPACE/NAME, once known (for an Ingress, its backend's)."""
 
     versions: Mapping[str, int]
     pods: tuple[str, ...] = ()
     problem: str | None = None
+    service: str | None = None
 
     @property
     def total(self) -> int:
@@ -46,24 +49,40 @@ def _ready(pod: Mapping[str, Any]) -> bool:
     )
 
 
+def ingress_backend(ingress: Mapping[str, Any]) -> str | None:
+    """The name of the Service an Ingress sends traffic to: its default backend's if that
+    names one, else its first rule's first path's; None if neither names a Service."""
+    spec = ingress.get("spec") or {}
+    rules = spec.get("rules") or [{}]
+    paths = (rules[0].get("http") or {}).get("paths") or [{}]
+    for backend in (spec.get("defaultBackend"), paths[0].get("backend")):
+        name = ((backend or {}).get("service") or {}).get("name")
+        if name:
+            return name
+    return None
+
+
 def routed_versions(
     service: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], name: str
 ) -> Routing:
-    """The image of each Ready pod the Service selects (its first container's image)."""
+    """The image of each Ready pod the Service `name` (NAMESPACE/NAME) selects (its first
+    container's image)."""
     if service is None:
-        return Routing({}, problem=f"service {name} not found")
+        return Routing({}, problem=f"service {name} not found", service=name)
     selector = (service.get("spec") or {}).get("selector") or {}
     if not selector:
-        return Routing({}, problem=f"service {name} has no selector")
+        return Routing({}, problem=f"service {name} has no selector", service=name)
     chosen = [
         p
         for p in pods
         if all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items()) and _ready(p)
     ]
     if not chosen:
-        return Routing({}, problem=f"service {name} has no ready endpoints")
+        return Routing({}, problem=f"service {name} has no ready endpoints", service=name)
     versions = Counter((p["spec"].get("containers") or [{}])[0].get("image", "") for p in chosen)
-    return Routing(dict(sorted(versions.items())), tuple(sorted(p["metadata"]["name"] for p in chosen)))
+    return Routing(
+        dict(sorted(versions.items())), tuple(sorted(p["metadata"]["name"] for p in chosen)), service=name
+    )
 
 
 def health_verdict(routing: Routing, behaviours: VersionBehaviours) -> tuple[int, dict[str, Any]]:

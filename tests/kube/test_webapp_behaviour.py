@@ -13,6 +13,7 @@ from sandbox.webapp.traffic import (
     Routing,
     ServiceTraffic,
     health_verdict,
+    ingress_backend,
     percentile,
     routed_versions,
 )
@@ -200,3 +201,49 @@ def test_prometheus_text_has_counters_per_version() -> None:
     assert 'sandbox_requests_total{namespace="default",service="web",version="app:err8"} 100' in text
     assert 'sandbox_errors_total{namespace="default",service="web",version="app:err8"} 8' in text
     assert 'sandbox_request_latency_ms{namespace="default",service="web",quantile="0.95"}' in text
+
+
+def _backend(service: str) -> dict[str, Any]:
+    return {"service": {"name": service, "port": {"number": 80}}}
+
+
+def _rule(host: str, service: str) -> dict[str, Any]:
+    return {
+        "host": host,
+        "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": _backend(service)}]},
+    }
+
+
+BUCKET = {"resource": {"apiGroup": "storage.example.com", "kind": "Bucket", "name": "static"}}
+
+
+@pytest.mark.parametrize(
+    ("spec", "service", "why"),
+    [
+        (
+            {"rules": [_rule("a.local", "web-blue")]},
+            "web-blue",
+            "the first rule's first path, as the sandbox's",
+        ),
+        (
+            {"defaultBackend": _backend("web-green"), "rules": [_rule("a.local", "web-blue")]},
+            "web-green",
+            "a default backend wins over the rules",
+        ),
+        (
+            {"defaultBackend": BUCKET, "rules": [_rule("a.local", "web-blue")]},
+            "web-blue",
+            "a default backend that is no Service leaves it to the rules",
+        ),
+        (
+            {"rules": [_rule("a.local", "first"), _rule("b.local", "second")]},
+            "first",
+            "only the first rule counts",
+        ),
+        ({"defaultBackend": BUCKET}, None, "a resource backend names no Service"),
+        ({"rules": [{"host": "a.local"}]}, None, "a rule without http paths names no Service"),
+        ({}, None, "an empty spec names no Service"),
+    ],
+)
+def test_ingress_backend_names_the_service(spec: dict[str, Any], service: str | None, why: str) -> None:
+    assert ingress_backend({"spec": spec}) == service, why

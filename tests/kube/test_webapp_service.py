@@ -217,3 +217,128 @@ def test_prometheus_endpoint_lists_tracked_services(
     wait_until(_serving(webapp, {"sandbox/app:v1": 2}))
     text = wait_until(lambda: "sandbox/app:v1" in (t := httpx.get(f"{webapp.url}/metrics").text) and t)
     assert 'sandbox_requests_total{namespace="default",service="web",version="sandbox/app:v1"}' in text
+
+
+# --- through an Ingress ---------------------------------------------------------------
+
+GOOD, BAD = "sandbox/app:v1", "sandbox/app:v2-bad-health"
+
+
+@pytest.fixture
+def colours(
+    apps: client.AppsV1Api, core: client.CoreV1Api, track: Callable[[str, str], None], wait_until: Wait
+) -> None:
+    """Deployments and Services `web-blue` (GOOD) and `web-green` (BAD), all pods Ready."""
+    for colour, image in (("blue", GOOD), ("green", BAD)):
+        track(colour, image)
+        selector = {"app": "web", "track": colour}
+        core.create_namespaced_service(
+            "default",
+            {"metadata": {"name": f"web-{colour}"}, "spec": {"selector": selector, "ports": [{"port": 80}]}},
+        )
+    for colour in ("blue", "green"):
+        wait_until(
+            lambda c=colour: apps.read_namespaced_deployment(f"web-{c}", "default").status.ready_replicas == 2
+        )
+
+
+@pytest.fixture
+def ingress(api_client: client.ApiClient) -> Callable[[str], None]:
+    """Create or re-point the Ingress `web` at a Service."""
+    networking = client.NetworkingV1Api(api_client)
+
+    def point(service: str) -> None:
+        backend = {"service": {"name": service, "port": {"number": 80}}}
+        spec = {"rules": [{"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}]}
+        try:
+            networking.patch_namespaced_ingress("web", "default", {"spec": spec})
+        except client.exceptions.ApiException:
+            networking.create_namespaced_ingress("default", {"metadata": {"name": "web"}, "spec": spec})
+
+    return point
+
+
+def _via_ingress(webapp: WebAppServer, path: str) -> httpx.Response:
+    return httpx.get(f"{webapp.ingress_url('default', 'web')}/{path}")
+
+
+def _unavailable_because(answer: httpx.Response) -> str:
+    assert (answer.status_code, answer.json()["status"]) == (503, "unavailable")
+    return answer.json()["reason"]
+
+
+def test_health_through_an_ingress_follows_a_backend_switch_at_once(
+    webapp: WebAppServer, colours: None, ingress: Callable[[str], None]
+) -> None:
+    ingress("web-blue")
+    blue = _via_ingress(webapp, "health")
+    assert (blue.status_code, blue.json()["versions"]) == (200, {GOOD: 2})
+    ingress("web-green")
+    green = _via_ingress(webapp, "health")
+    assert (green.status_code, green.json()["status"], green.json()["versions"]) == (
+        503,
+        "unhealthy",
+        {BAD: 2},
+    )
+    assert (green.json()["ingress"], green.json()["service"]) == ("default/web", "default/web-green")
+    ingress("web-blue")
+    assert _via_ingress(webapp, "health").status_code == 200
+
+
+def test_metrics_through_an_ingress_follow_a_backend_switch(
+    webapp: WebAppServer, colours: None, ingress: Callable[[str], None], wait_until: Wait
+) -> None:
+    ingress("web-blue")
+    wait_until(lambda: _via_ingress(webapp, "metrics").json()["routed"] == {GOOD: 2})
+    ingress("web-green")
+    after = wait_until(
+        lambda: (m := _via_ingress(webapp, "metrics").json())["routed"] == {BAD: 2} and m, timeout=0.5
+    )
+    assert (after["ingress"], after["service"]) == ("default/web", "default/web-green")
+    wait_until(
+        lambda: _via_ingress(webapp, "metrics").json()["versions"].get(BAD, {}).get("requests", 0) >= 100
+    )
+
+
+def test_real_request_through_an_ingress_answers_as_its_backend_version(
+    webapp: WebAppServer, colours: None, ingress: Callable[[str], None]
+) -> None:
+    ingress("web-blue")
+    answer = _via_ingress(webapp, "orders/42")
+    assert (answer.status_code, answer.json()["version"], answer.json()["ingress"]) == (
+        200,
+        GOOD,
+        "default/web",
+    )
+
+
+def test_missing_ingress_answers_like_a_missing_service(webapp: WebAppServer) -> None:
+    assert _unavailable_because(_via_ingress(webapp, "health")) == "ingress default/web not found"
+
+
+def test_ingress_that_names_no_service_answers_like_a_missing_service(
+    webapp: WebAppServer, api_client: client.ApiClient
+) -> None:
+    bucket = {"resource": {"apiGroup": "storage.example.com", "kind": "Bucket", "name": "static"}}
+    client.NetworkingV1Api(api_client).create_namespaced_ingress(
+        "default", {"metadata": {"name": "web"}, "spec": {"defaultBackend": bucket}}
+    )
+    assert (
+        _unavailable_because(_via_ingress(webapp, "health")) == "ingress default/web names no Service backend"
+    )
+
+
+def test_ingress_to_a_missing_service_names_that_service(
+    webapp: WebAppServer, ingress: Callable[[str], None]
+) -> None:
+    ingress("web-green")
+    assert _unavailable_because(_via_ingress(webapp, "health")) == "service default/web-green not found"
+
+
+def test_ingress_tracked_from_the_start_gets_traffic_before_any_request(
+    kube: KubeServer, colours: None, ingress: Callable[[str], None], wait_until: Wait
+) -> None:
+    ingress("web-blue")
+    with running_webapp(kube.url, ingresses=[("default", "web")], rate=400, refresh=0.05) as web:
+        series = f'sandbox_requests_total{{namespace="default",ingress="web",version="{GOOD}"}}'
+        wait_until(lambda: series in httpx.get(f"{web.url}/metrics").text)

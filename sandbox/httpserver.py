@@ -2,8 +2,9 @@
 
 Shared by the fake API server and the sample web service: `ThreadedServer` runs uvicorn on
 a socket bound before the thread starts (so port 0 gets a free port with no race), and
-stops it cleanly; `spawn` / `terminate` run `python -m MODULE` detached from the caller,
-with a JSON info file in a state folder telling its pid and URL.
+stops it cleanly; `LoopbackServer` is what both servers' classes build on. `DetachedProcess`
+runs `python -m MODULE` detached from the caller (with `spawn` / `terminate`), with a JSON
+info file in a state folder telling its pid and URL.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -76,7 +79,78 @@ class ThreadedServer:
         self.sock.close()
 
 
+class LoopbackServer(ABC):
+    """An app served by a ThreadedServer (`_http`) together with what runs behind it: a
+    subclass starts and stops both in `start` / `stop`; `with` does the same."""
+
+    _http: ThreadedServer
+
+    @property
+    def url(self) -> str:
+        return self._http.url
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # --- detached processes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DetachedServer:
+    """A sandbox server running as its own process."""
+
+    pid: int
+    url: str
+    state_dir: Path
+
+
+@dataclass(frozen=True)
+class DetachedProcess:
+    """How a sandbox server runs detached: `python -m MODULE --state-dir DIR ...` in its own
+    session, which writes DIR/INFO_FILE ({"pid", "url", "port", ...}) while it serves (see
+    `serve_until_signal`) and logs to DIR/LOG_FILE."""
+
+    module: str
+    info_file: str
+    log_file: str
+
+    def start(
+        self, state_dir: str | Path, flags: Mapping[str, Any], *, timeout: float = 20
+    ) -> dict[str, Any]:
+        """Start it with `flags` on its command line and wait until it serves; returns its info.
+
+        A flag whose value is None is left out, a list repeats the flag for each item, and a
+        mapping is written to DIR/<flag>.json, whose path the flag then gets."""
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        args = ["--state-dir", str(state)]
+        for flag, value in flags.items():
+            if isinstance(value, Mapping):
+                path = state / f"{flag.lstrip('-')}.json"
+                path.write_text(json.dumps(value, indent=2))
+                value = path
+            for item in value if isinstance(value, list) else [value]:
+                if item is not None:
+                    args += [flag, str(item)]
+        return spawn(self.module, args, state / self.info_file, state / self.log_file, timeout=timeout)
+
+    def stop(self, state_dir: str | Path, *, timeout: float = 10) -> bool:
+        """Stop the process DIR/INFO_FILE names (SIGTERM, then SIGKILL); False if none ran."""
+        return terminate(Path(state_dir) / self.info_file, timeout=timeout)
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
