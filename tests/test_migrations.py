@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg.errors
 import pytest
 
+from tasks import migration_plan as plan_mod
 from tasks import migrations as mig
 from tasks.config import REPO_ROOT
 from tasks.errors import ConfigError, PolicyRefused
@@ -16,13 +17,13 @@ from tasks.errors import ConfigError, PolicyRefused
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def migration(version: int, sql: str = "SELECT 1;", name: str | None = None) -> mig.Migration:
+def migration(version: int, sql: str = "SELECT 1;", name: str | None = None) -> plan_mod.Migration:
     file = name or f"V{version}__step_{version}.sql"
-    return mig.parse_migration(file, f"/m/{file}", sql.encode())
+    return plan_mod.parse_migration(file, f"/m/{file}", sql.encode())
 
 
-def applied(m: mig.Migration, *, checksum: str | None = None, success: bool = True) -> mig.HistoryRow:
-    return mig.HistoryRow(m.version, m.description, m.file, checksum or m.checksum, m.transactional, WHEN, 42, success)
+def applied(m: plan_mod.Migration, *, checksum: str | None = None, success: bool = True) -> plan_mod.HistoryRow:
+    return plan_mod.HistoryRow(m.version, m.description, m.file, checksum or m.checksum, m.transactional, WHEN, 42, success)
 
 
 # --- file names -----------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ def applied(m: mig.Migration, *, checksum: str | None = None, success: bool = Tr
     ("V2__name.SQL", None, "the suffix is .sql exactly"),
 ])
 def test_file_names(name: str, expected: tuple[int, str] | None, why: str) -> None:
-    assert mig.parse_file_name(name) == expected, why
+    assert plan_mod.parse_file_name(name) == expected, why
 
 
 # --- statements -------------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def test_file_names(name: str, expected: tuple[int, str] | None, why: str) -> No
     (";;  -- only comments\n", [], "empty statements are dropped"),
 ])
 def test_statements_split_like_psql(sql: str, texts: list[str], why: str) -> None:
-    assert [s.text for s in mig.split_statements(sql)] == texts, why
+    assert [s.text for s in plan_mod.split_statements(sql)] == texts, why
 
 
 @pytest.mark.parametrize(("sql", "line"), [
@@ -75,14 +76,14 @@ def test_statements_split_like_psql(sql: str, texts: list[str], why: str) -> Non
     ('SELECT "open', 1),
 ])
 def test_unterminated_text_is_refused_with_its_line(sql: str, line: int) -> None:
-    with pytest.raises(mig.SqlTextError) as err:
-        mig.split_statements(sql)
+    with pytest.raises(plan_mod.SqlTextError) as err:
+        plan_mod.split_statements(sql)
     assert err.value.line == line
 
 
 def test_statements_know_where_they_start() -> None:
     text = "-- header\nCREATE TABLE a (x int);\n\n  ALTER TABLE a\n    ADD y int;\n"
-    assert [(s.offset, s.line) for s in mig.split_statements(text)] == [(10, 2), (text.index("ALTER"), 4)]
+    assert [(s.offset, s.line) for s in plan_mod.split_statements(text)] == [(10, 2), (text.index("ALTER"), 4)]
 
 
 # --- line numbers of errors --------------------------------------------------------------------------
@@ -96,28 +97,28 @@ def test_statements_know_where_they_start() -> None:
 def test_error_position_maps_to_a_line_of_the_file(position: int | None, line: int, why: str) -> None:
     m = migration(1, "-- one\nSELECT 1;\nALTER TABLE a\n  ADD COLUMN y nope;\n")
     statement = m.statements[1]
-    assert mig.error_line(m, statement, position) == line, why
+    assert plan_mod.error_line(m, statement, position) == line, why
 
 
 def test_positions_count_characters_not_bytes() -> None:
     m = migration(1, "SELECT 'é';\nSELECT 'ü',\n  nope;")
     position = len("SELECT 'ü',\n  n")
-    assert mig.error_line(m, m.statements[1], position) == 3
+    assert plan_mod.error_line(m, m.statements[1], position) == 3
 
 
 def test_crlf_files_map_lines_too() -> None:
     m = migration(1, "SELECT 1;\r\nSELECT\r\n  nope;\r\n")
-    assert mig.error_line(m, m.statements[1], len("SELECT\r\n  n")) == 3
+    assert plan_mod.error_line(m, m.statements[1], len("SELECT\r\n  n")) == 3
 
 
 # --- checksums and markers ---------------------------------------------------------------------------
 
 
 def test_checksum_ignores_line_endings_and_bom_but_not_edits() -> None:
-    base = mig.checksum("SELECT 1;\nSELECT 2;\n")
-    assert mig.checksum("SELECT 1;\r\nSELECT 2;\r\n") == base
-    assert mig.checksum("\ufeffSELECT 1;\nSELECT 2;\n") == base
-    assert mig.checksum("SELECT 1;\nSELECT 3;\n") != base
+    base = plan_mod.checksum("SELECT 1;\nSELECT 2;\n")
+    assert plan_mod.checksum("SELECT 1;\r\nSELECT 2;\r\n") == base
+    assert plan_mod.checksum("\ufeffSELECT 1;\nSELECT 2;\n") == base
+    assert plan_mod.checksum("SELECT 1;\nSELECT 3;\n") != base
     assert len(base) == 64
 
 
@@ -144,7 +145,7 @@ def test_files_refused_before_running(sql: str, message: str, why: str) -> None:
 
 def test_a_file_that_is_not_utf8_is_refused() -> None:
     with pytest.raises(ValueError, match="not UTF-8"):
-        mig.parse_migration("V1__latin1.sql", "/m/V1__latin1.sql", "SELECT 'café';".encode("latin-1"))
+        plan_mod.parse_migration("V1__latin1.sql", "/m/V1__latin1.sql", "SELECT 'café';".encode("latin-1"))
 
 
 # --- the folder ----------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def write(folder: Path, files: dict[str, str]) -> Path:
 def test_folder_reads_in_version_order_and_ignores_other_files(tmp_path: Path) -> None:
     write(tmp_path, {"V10__ten.sql": "SELECT 10;", "README.md": "notes", ".V3__hidden.sql": "x",
                      **{f"V{i}__n{i}.sql": f"SELECT {i};" for i in range(1, 10)}})
-    assert [m.version for m in mig.read_migrations(tmp_path)] == list(range(1, 11))
+    assert [m.version for m in plan_mod.read_migrations(tmp_path)] == list(range(1, 11))
 
 
 @pytest.mark.parametrize(("files", "message", "why"), [
@@ -172,23 +173,23 @@ def test_folder_reads_in_version_order_and_ignores_other_files(tmp_path: Path) -
 def test_folder_problems_name_the_files(tmp_path: Path, files: dict[str, str], message: str, why: str) -> None:
     write(tmp_path, files)
     with pytest.raises(ConfigError) as err:
-        mig.read_migrations(tmp_path)
+        plan_mod.read_migrations(tmp_path)
     assert message in str(err.value), why
 
 
 def test_a_missing_folder_says_how_to_fix_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="migrations.path"):
-        mig.read_migrations(tmp_path / "nope")
+        plan_mod.read_migrations(tmp_path / "nope")
 
 
 def test_folder_defaults_to_migrations_of_the_database_relative_to_the_repository() -> None:
-    assert mig.folder_for("fleet", None) == REPO_ROOT / "migrations" / "fleet"
-    assert mig.folder_for("fleet", "db/sql") == REPO_ROOT / "db" / "sql"
-    assert mig.folder_for("fleet", "/srv/sql") == Path("/srv/sql")
+    assert plan_mod.folder_for("fleet", None) == REPO_ROOT / "migrations" / "fleet"
+    assert plan_mod.folder_for("fleet", "db/sql") == REPO_ROOT / "db" / "sql"
+    assert plan_mod.folder_for("fleet", "/srv/sql") == Path("/srv/sql")
 
 
 def test_the_sample_fleet_migrations_are_valid() -> None:
-    files = mig.read_migrations(mig.folder_for("fleet", None))
+    files = plan_mod.read_migrations(plan_mod.folder_for("fleet", None))
     assert [m.version for m in files] == [1, 2, 3]
     assert [m.transactional for m in files] == [True, True, False]
 
@@ -201,7 +202,7 @@ FILES = [migration(1), migration(2), migration(3)]
 
 @pytest.mark.parametrize(("value", "expected"), [(None, None), ("", None), (2, 2), ("3", 3), (" 1 ", 1)])
 def test_target_versions_accepted(value: object, expected: int | None) -> None:
-    assert mig.parse_target(value, FILES) == expected
+    assert plan_mod.parse_target(value, FILES) == expected
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -213,14 +214,14 @@ def test_target_versions_accepted(value: object, expected: int | None) -> None:
 ])
 def test_bad_target_versions_name_the_value_and_the_known_ones(value: object, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        mig.parse_target(value, FILES)
+        plan_mod.parse_target(value, FILES)
     assert message in str(err.value)
 
 
 # --- plans ------------------------------------------------------------------------------------------------
 
 
-def versions(ms: tuple[mig.Migration, ...]) -> list[int]:
+def versions(ms: tuple[plan_mod.Migration, ...]) -> list[int]:
     return [m.version for m in ms]
 
 
@@ -232,12 +233,12 @@ def versions(ms: tuple[mig.Migration, ...]) -> list[int]:
     ([1], 1, [], [2, 3], "a target already reached is nothing to do"),
 ])
 def test_plans(history: list[int], target: int | None, pending: list[int], above: list[int], why: str) -> None:
-    p = mig.plan(FILES, [applied(FILES[v - 1]) for v in history], target)
+    p = plan_mod.plan(FILES, [applied(FILES[v - 1]) for v in history], target)
     assert (versions(p.pending), versions(p.above_target), p.refusal()) == (pending, above, None), why
 
 
 def test_a_changed_applied_file_is_refused_naming_it() -> None:
-    p = mig.plan(FILES, [applied(FILES[0], checksum="0" * 64), applied(FILES[1])], None)
+    p = plan_mod.plan(FILES, [applied(FILES[0], checksum="0" * 64), applied(FILES[1])], None)
     refusal = p.refusal()
     assert isinstance(refusal, ConfigError)
     assert "V1__step_1.sql changed after it was applied" in str(refusal)
@@ -246,34 +247,34 @@ def test_a_changed_applied_file_is_refused_naming_it() -> None:
 
 
 @pytest.mark.parametrize(("history", "target", "message", "why"), [
-    ([mig.HistoryRow(4, "gone", "V4__gone.sql", "ab" * 32, True, WHEN, 1, True)], None,
+    ([plan_mod.HistoryRow(4, "gone", "V4__gone.sql", "ab" * 32, True, WHEN, 1, True)], None,
      "version 4 (V4__gone.sql) is applied but no file", "a deleted or wrong folder"),
     ([applied(FILES[0]), applied(FILES[2])], None, "V2__step_2.sql is not applied but version 3 is",
      "a hole in what is applied"),
     ([applied(FILES[0]), applied(FILES[1])], 1, "target_version 1 is below the applied version 2",
      "migrations only go forward"),
 ])
-def test_plans_refused_as_bad_input(history: list[mig.HistoryRow], target: int | None, message: str, why: str) -> None:
-    refusal = mig.plan(FILES, history, target).refusal()
+def test_plans_refused_as_bad_input(history: list[plan_mod.HistoryRow], target: int | None, message: str, why: str) -> None:
+    refusal = plan_mod.plan(FILES, history, target).refusal()
     assert isinstance(refusal, ConfigError) and message in str(refusal), why
 
 
 def test_a_migration_that_failed_part_way_blocks_later_runs() -> None:
-    p = mig.plan(FILES, [applied(FILES[0]), applied(FILES[1], success=False)], None)
+    p = plan_mod.plan(FILES, [applied(FILES[0]), applied(FILES[1], success=False)], None)
     refusal = p.refusal()
     assert isinstance(refusal, PolicyRefused)
     assert "V2__step_2.sql (version 2) failed part-way" in str(refusal)
-    assert f"DELETE FROM public.{mig.HISTORY_TABLE} WHERE version = 2" in str(refusal)
+    assert f"DELETE FROM public.{plan_mod.HISTORY_TABLE} WHERE version = 2" in str(refusal)
 
 
 def test_result_rows_show_what_this_run_did() -> None:
-    p = mig.plan(FILES, [applied(FILES[0])], None)
-    rows = mig.result_rows(p, [mig.Applied(2, FILES[1].file, 0.5, 1)], FILES[2], dry_run=False)
+    p = plan_mod.plan(FILES, [applied(FILES[0])], None)
+    rows = plan_mod.result_rows(p, [plan_mod.Applied(2, FILES[1].file, 0.5, 1)], FILES[2], dry_run=False)
     assert [r["status"] for r in rows] == [f"applied {WHEN:%Y-%m-%d %H:%M}", "applied", "FAILED, rolled back"]
     assert [r["checksum"] for r in rows] == [m.checksum for m in FILES]
-    assert [r["status"] for r in mig.result_rows(p, [], None, dry_run=True)][1:] == ["pending", "pending"]
-    assert [r["status"] for r in mig.result_rows(p, [], FILES[1], dry_run=False)][1:] == ["FAILED, rolled back",
-                                                                                         "not run"]
+    assert [r["status"] for r in plan_mod.result_rows(p, [], None, dry_run=True)][1:] == ["pending", "pending"]
+    assert [r["status"] for r in plan_mod.result_rows(p, [], FILES[1], dry_run=False)][1:] == ["FAILED, rolled back",
+                                                                                              "not run"]
 
 
 # --- failures ------------------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def test_result_rows_show_what_this_run_did() -> None:
 
 def test_a_transactional_failure_names_file_line_and_says_rolled_back() -> None:
     m = migration(2, "ALTER TABLE a ADD x int;\nUPDATE a\n   SET x = nope;\n")
-    text = mig.failure_message(m, m.statements[1], 1, position=len("UPDATE a\n   SET x = n"), sqlstate="42703",
+    text = plan_mod.failure_message(m, m.statements[1], 1, position=len("UPDATE a\n   SET x = n"), sqlstate="42703",
                                error='column "nope" does not exist')
     assert text.startswith('V2__step_2.sql line 3: column "nope" does not exist (SQLSTATE 42703)')
     assert "the line: 'SET x = nope;'" in text
@@ -291,7 +292,7 @@ def test_a_transactional_failure_names_file_line_and_says_rolled_back() -> None:
 def test_a_non_transactional_failure_says_exactly_what_was_applied() -> None:
     m = migration(3, "-- runbook: no-transaction\nCREATE INDEX CONCURRENTLY a_x ON a (x);\n"
                      "CREATE UNIQUE INDEX CONCURRENTLY a_y ON a (y);\n")
-    text = mig.failure_message(m, m.statements[1], 1, position=None, sqlstate="23505", error="could not create "
+    text = plan_mod.failure_message(m, m.statements[1], 1, position=None, sqlstate="23505", error="could not create "
                                "unique index", invalid_indexes=["public.a_y"])
     assert "V3__step_3.sql line 3" in text
     assert "NOT rolled back (no transaction): statement(s) 1 (line 2) of 2 were applied" in text
@@ -300,7 +301,7 @@ def test_a_non_transactional_failure_says_exactly_what_was_applied() -> None:
 
 def test_concurrently_in_a_transaction_gets_a_hint() -> None:
     m = migration(1, "CREATE INDEX CONCURRENTLY i ON t (x);")
-    text = mig.failure_message(m, m.statements[0], 0, position=None, sqlstate="25001", error="cannot run")
+    text = plan_mod.failure_message(m, m.statements[0], 0, position=None, sqlstate="25001", error="cannot run")
     assert "'-- runbook: no-transaction' on its first line" in text
 
 
