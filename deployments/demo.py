@@ -1,14 +1,19 @@
-"""`make demo`: the main job on the sandbox, end to end.
+"""`make demo`: every runbook on the sandbox, end to end.
 
-Brings the sandbox up, runs the nightly backup of every database and then the weekly
-restore test of each, on the local (ephemeral) Prefect API, prints a summary, and brings
-the sandbox down. Exit code 0 only if every run passed.
+Brings the sandbox up and, on the local (ephemeral) Prefect API, runs the nightly backup
+of every database, the weekly restore test of each, a schema migration (with its
+checkpoint backup), a restore-and-swap of that checkpoint (the database rollback; the
+demo types the confirmation as an on-call engineer would in the UI), a good rolling
+deploy, a bad one that rolls itself back, and blue-green deploys by Service selector and
+by Ingress. Prints a summary and brings the sandbox down. Exit code 0 only if every run
+passed.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,15 +25,41 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 DEMO_DIR = Path(os.environ.get("RUNBOOK_DEMO_DIR", "/tmp/runbook-flows-demo"))
 
 
-def _run(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+def _run(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    print(f"== {name}")
     started = time.monotonic()
-    state = fn(*args, return_state=True)
+    state = fn(*args, **kwargs, return_state=True)
     seconds = time.monotonic() - started
     ok = state.is_completed()
     result = state.result(raise_on_failure=False) if ok else None
     return {"runbook": name, "outcome": "passed" if ok else "FAILED", "seconds": seconds,
             "result": result if isinstance(result, dict | list) else None,
             "message": "" if ok else (state.message or state.name)}
+
+
+def _confirmed(name: str, fn: Callable[..., Any], run_input: dict[str, Any], *args: Any,
+               **kwargs: Any) -> dict[str, Any]:
+    """Run a flow that pauses for a person, and answer its form through the API as that
+    person would in the UI."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    out: list[dict[str, Any]] = []
+    runner = threading.Thread(target=lambda: out.append(_run(name, fn, *args, **kwargs)))
+    runner.start()
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    while runner.is_alive():
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=paused, limit=1)
+        if runs:
+            print(f"   answering the form of {runs[0].name!r}: {run_input}")
+            resume_flow_run(runs[0].id, run_input=run_input)
+            break
+        time.sleep(0.5)
+    runner.join()
+    return out[0]
 
 
 def _expect_rollback(row: dict[str, Any], environment: str, service: str, previous: str) -> dict[str, Any]:
@@ -71,6 +102,12 @@ def _figures(row: dict[str, Any]) -> tuple[str, str]:
     if isinstance(r, list):  # backup_all
         parts = [f"{x['database']}: {x.get('size', 0) / 1e6:.1f} MB, {x.get('rows', 0)} rows" for x in r]
         return "; ".join(parts), f"backup-all-{r[0]['environment'] if r else ''}"
+    if isinstance(r, dict) and r.get("runbook") == "migrate":
+        return (f"{r['database']}: applied {', '.join(r['applied']) or 'nothing'}, schema version "
+                f"{r['schema_version']}, checkpoint backup {r['backup_id']}", r["artifact"])
+    if isinstance(r, dict) and r.get("runbook") == "restore-database":
+        return (f"{r['database']} swapped for backup {r['backup_id']}, previous kept as {r['names']['kept']}, "
+                f"app down {r['app_down_seconds']:.1f}s", r["artifact"])
     if isinstance(r, dict) and r.get("runbook") == "restore-test":
         t = r["timings"]
         return (f"{r['database']}: {r['checks']} checks passed, restore {t.get('pg_restore', 0):.1f}s, "
@@ -90,6 +127,8 @@ def main() -> int:
     try:
         from flows.backup import backup_all
         from flows.deploy import deploy
+        from flows.migrate import migrate_database
+        from flows.restore_database import restore_database
         from flows.restore_test import restore_test
         from tasks.config import load_environment
 
@@ -97,19 +136,24 @@ def main() -> int:
         rows.append(_run("backup-all", backup_all, env.name))
         for database in env.databases:
             rows.append(_run(f"restore-test {database}", restore_test, env.name, database))
+        rows.append(_run("migrate fleet", migrate_database, env.name, "fleet"))
+        # The seeds' database rollback: put the migration's checkpoint backup back in production's place.
+        rows.append(_confirmed("restore fleet (swap)", restore_database, {"confirm": "fleet", "approver": "demo"},
+                               env.name, "fleet", mode="swap"))
         rows.append(_run("deploy api (good)", deploy, env.name, "api", "sandbox/app:v2"))
         bad = _run("deploy api (8% errors)", deploy, env.name, "api", "sandbox/app:v3-err8")
         rows.append(_expect_rollback(bad, env.name, "api", "sandbox/app:v2"))
         rows.append(_run("deploy web (blue-green)", deploy, env.name, "web", "sandbox/app:v2"))
+        rows.append(_run("deploy admin (Ingress)", deploy, env.name, "admin", "sandbox/app:v2"))
     finally:
         print("== bringing the sandbox down")
         api.down(DEMO_DIR)
 
     print()
-    print(f"{'runbook':<22} {'outcome':<8} {'seconds':>8}  {'key figures':<80} artifact")
+    print(f"{'runbook':<24} {'outcome':<8} {'seconds':>8}  {'key figures':<80} artifact")
     for row in rows:
         figures, key = _figures(row)
-        print(f"{row['runbook']:<22} {row['outcome']:<8} {row['seconds']:>8.1f}  {figures:<80} {key}")
+        print(f"{row['runbook']:<24} {row['outcome']:<8} {row['seconds']:>8.1f}  {figures:<80} {key}")
     print()
     print("To look at the runs, artifacts and events in the UI:")
     print("  .venv/bin/prefect server start    # then open http://127.0.0.1:4200")

@@ -6,8 +6,11 @@
 Each environment gets `backup-all/<env>` on its backup cron and `restore-test/<env>-<db>`
 on its restore-test cron, both in the environment's timezone, and, when it has services,
 `deploy/<env>`, `rollback/<env>`, `scale/<env>`, `restart/<env>` and `autoscale/<env>`;
-`migrate-database/<env>` and `restore-database/<env>` for manual runs. Runs happen in this process;
-stop it with Ctrl-C.
+`backup-database/<env>`, `migrate-database/<env>` and `restore-database/<env>` for manual
+runs. Runs happen in this process; stop it with Ctrl-C.
+
+The forms in the UI: a deployment's environment is fixed (read-only), and its `service`
+and `database` fields are dropdowns of that environment's services and databases.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import sys
 from typing import Any
 
 from prefect import serve
+from prefect.flows import Flow
 from prefect.schedules import Cron
+from prefect.utilities.annotations import freeze
 
 from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
@@ -25,34 +30,42 @@ from flows.restore_database import restore_database
 from flows.restore_test import restore_test
 from flows.rollback import rollback
 from flows.scaling import autoscale, restart, scale
-from tasks.config import environments_dir, load_environment
+from tasks.config import EnvironmentConfig, environments_dir, load_environment
+
+SERVICE_FLOWS: tuple[Flow[..., Any], ...] = (deploy, rollback, scale, restart, autoscale)
+DATABASE_FLOWS: tuple[Flow[..., Any], ...] = (backup_database, migrate_database, restore_database)
+FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS)
+
+
+def _deployment(fl: Flow[..., Any], env: EnvironmentConfig, name: str | None = None, **options: Any) -> Any:
+    """A deployment of `fl` for `env`: its environment fixed, its service and database
+    offered as the environment's own names."""
+    fixed = {"environment": env.name, **options.pop("parameters", {})}
+    dep = fl.to_deployment(name=name or env.name, parameters={k: freeze(v) for k, v in fixed.items()},
+                           tags=["runbook", fl.name, env.name], **options)
+    # Prefect builds the form from this JSON schema: an enum makes the field a dropdown.
+    properties = dep._parameter_openapi_schema.properties
+    for parameter, names in (("service", env.services), ("database", env.databases)):
+        if parameter in properties and parameter not in fixed:
+            properties[parameter]["enum"] = sorted(names)
+    return dep
 
 
 def deployments_for(environment: str) -> list[Any]:
     env = load_environment(environment)
     tz = env.timezone
     deps = [
-        backup_all.to_deployment(
-            name=env.name, parameters={"environment": env.name},
-            schedules=[Cron(env.schedules.backup, timezone=tz)],
-            tags=["runbook", "backup", env.name],
-            description=f"Nightly backup of every database in {env.name}",
-        ),
-        backup_database.to_deployment(name=env.name, parameters={"environment": env.name},
-                                      tags=["runbook", "backup", env.name]),
+        _deployment(backup_all, env, schedules=[Cron(env.schedules.backup, timezone=tz)],
+                    description=f"Nightly backup of every database in {env.name}"),
     ]
     if env.services:  # deploy/<env>, rollback/<env>, ...: the UI's form asks for the service
-        for fl in (deploy, rollback, scale, restart, autoscale):
-            deps.append(fl.to_deployment(name=env.name, parameters={"environment": env.name},
-                                         tags=["runbook", fl.name, env.name]))
-    for fl in (migrate_database, restore_database):  # manual runs: the form asks for the database
-        deps.append(fl.to_deployment(name=env.name, parameters={"environment": env.name},
-                                     tags=["runbook", fl.name, env.name]))
+        deps += [_deployment(fl, env) for fl in SERVICE_FLOWS]
+    if env.databases:  # manual runs: the form asks for the database
+        deps += [_deployment(fl, env) for fl in DATABASE_FLOWS]
     for database in env.databases:
-        deps.append(restore_test.to_deployment(
-            name=f"{env.name}-{database}", parameters={"environment": env.name, "database": database},
+        deps.append(_deployment(
+            restore_test, env, name=f"{env.name}-{database}", parameters={"database": database},
             schedules=[Cron(env.schedules.restore_test, timezone=tz)],
-            tags=["runbook", "restore-test", env.name],
             description=f"Weekly restore test of {database} in {env.name}",
         ))
     return deps

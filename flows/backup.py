@@ -20,22 +20,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from prefect.tasks import exponential_backoff
 from prefect.transactions import Transaction, transaction
 
-from tasks import backups, postgres
+from tasks import backups, locks, postgres, reports, retries
 from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
-from tasks.errors import CheckFailed, PermanentError, RunbookError, TransientError
+from tasks.errors import CheckFailed, PermanentError, RunbookError
 from tasks.faults import fault_point
-from tasks.prefect_api import (
-    artifact_key,
-    emit,
-    holding,
-    md_table,
-    publish_report,
-    publish_table,
-    remember_for_rollback,
-)
+from tasks.naming import artifact_key, namer
+from tasks.prefect_api import holding, remember_for_rollback, tag_run
 from tasks.redact import scrub
 from tasks.retention import RetentionPlan, plan_retention
 from tasks.storage import open_storage
@@ -43,35 +35,15 @@ from tasks.storage import open_storage
 LOCK_TIMEOUT = timedelta(hours=4).total_seconds()
 
 
-def is_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what a retry can cure: decided by exception class, never by text."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:  # noqa: BLE001 - anything else is permanent
-        return False
-    return False
-
-
-RETRIES = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": is_transient,
-}
-
-
 # --- tasks ----------------------------------------------------------------------------------------
 
 
-@task(**RETRIES)
+@task(**retries.policy("postgres"))
 def preflight(env: EnvironmentConfig, database: str) -> dict[str, Any]:
     """The database answers, pg_dump is new enough for the server, storage takes writes."""
     cfg = env.database(database)
-    server = postgres.Server.from_dsn(cfg.dsn.resolve())
-    dbname = cfg.dbname or database
-    with postgres.connect(server, dbname) as conn:
+    server = postgres.server_for(cfg)
+    with postgres.connect(server, cfg.dbname) as conn:
         version = postgres.server_version_num(conn)
     server_major = postgres.major_of(version)
     dump_major = backups.pg_dump_major(server_major)
@@ -87,15 +59,14 @@ def preflight(env: EnvironmentConfig, database: str) -> dict[str, Any]:
             "stale_uploads_aborted": aborted}
 
 
-@task(**RETRIES)
+@task(**retries.policy("postgres"))
 def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None,
                     pg_dump_major: int) -> backups.Manifest:
     """Snapshot, exact row counts, then pg_dump --snapshot streamed into storage."""
     logger = get_run_logger()
     cfg = env.database(database)
-    server = postgres.Server.from_dsn(cfg.dsn.resolve())
+    server = postgres.server_for(cfg)
     storage = open_storage(cfg.storage)
-    dbname = cfg.dbname or database
     backup_id = backups.new_backup_id()
     prefix = backups.backup_prefix(database, backup_id)
     remember_for_rollback(cfg=cfg, prefix=prefix)
@@ -107,17 +78,17 @@ def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None,
         logger.info("dumping %s: %.0f%% of table data, %.1f MB written", database, fraction * 100, written / 1e6)
 
     started = time.monotonic()
-    with postgres.exported_snapshot(server, dbname) as snap:
+    with postgres.exported_snapshot(server, cfg.dbname) as snap:
         if cfg.format == "custom":
-            files = [backups.stream_custom_dump(server, dbname, snap, storage, prefix + backups.CUSTOM_FILE,
+            files = [backups.stream_custom_dump(server, cfg.dbname, snap, storage, prefix + backups.CUSTOM_FILE,
                                                 cfg.compress, on_progress)]
         else:
-            files = backups.dump_directory(server, dbname, snap, storage, prefix, cfg.compress, cfg.jobs,
+            files = backups.dump_directory(server, cfg.dbname, snap, storage, prefix, cfg.compress, cfg.jobs,
                                            on_progress)
     dump_seconds = time.monotonic() - started
     update_progress_artifact(progress_id, progress=100.0)
     return backups.Manifest(
-        backup_id=backup_id, environment=env.name, database=database, dbname=dbname, format=cfg.format,
+        backup_id=backup_id, environment=env.name, database=database, dbname=cfg.dbname, format=cfg.format,
         files=files, size=sum(f.size for f in files), sha256=backups.combined_sha256(files),
         row_counts=snap.row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at,
         server_version=snap.server_version, pg_dump_version=pg_dump_major,
@@ -133,37 +104,36 @@ def discard_upload(txn: Transaction) -> None:
     open_storage(cfg.storage).delete_prefix(txn.get("prefix"))
 
 
-@task(**RETRIES)
+@task(**retries.policy("storage"))
 def verify_backup(env: EnvironmentConfig, manifest: backups.Manifest) -> backups.Manifest:
     """Read the stored objects back against their checksums; read the archive's TOC."""
-    cfg = env.database(manifest.database)
-    storage = open_storage(cfg.storage)
+    storage = open_storage(env.database(manifest.database).storage)
     started = time.monotonic()
     toc = backups.verify_stored(storage, backups.backup_prefix(manifest.database, manifest.backup_id),
                                 manifest.files, manifest.backup_id, manifest.format,
                                 manifest.server_version // 10000)
-    missing = sorted(t for t, n in manifest.row_counts.items() if n and t not in backups.tables_in_toc(toc))
+    missing = backups.tables_missing(manifest.row_counts, toc)
     if missing:
         raise CheckFailed(f"backup {manifest.backup_id}: tables missing from the archive: {', '.join(missing)}")
     durations = {**manifest.durations, "verify": round(time.monotonic() - started, 3)}
     return manifest.model_copy(update={"durations": durations})
 
 
-@task(**RETRIES)
+@task(**retries.policy("storage"))
 def commit_manifest(env: EnvironmentConfig, manifest: backups.Manifest) -> backups.Manifest:
     """Write the manifest last: from here on the backup exists."""
     backups.write_manifest(open_storage(env.database(manifest.database).storage), manifest)
     return manifest
 
 
-@task(**RETRIES)
+@task(**retries.policy("storage"))
 def find_committed_backup(env: EnvironmentConfig, database: str, run_id: str | None) -> backups.Manifest | None:
     """A backup this same flow run already committed (a retry after a crash past upload)."""
     storage = open_storage(env.database(database).storage)
     return backups.read_catalogue(storage, database).for_run(run_id)
 
 
-@task(**RETRIES)
+@task(**retries.policy("storage"))
 def apply_retention(env: EnvironmentConfig, database: str, now: datetime) -> RetentionPlan:
     """Plan by the policy, then delete; the newest valid backup always stays."""
     cfg = env.database(database)
@@ -176,94 +146,50 @@ def apply_retention(env: EnvironmentConfig, database: str, now: datetime) -> Ret
 
 
 @task
-def report_backup(env: EnvironmentConfig, database: str, manifest: backups.Manifest | None, reused: bool,
-                  plan: RetentionPlan | None, error: str | None, checks: dict[str, Any]) -> None:
-    cfg = env.database(database)
-    key = artifact_key("backup", env.name, database)
-    outcome = "FAILED" if error else ("REUSED committed backup" if reused else "OK")
-    lines = [f"# Backup of `{database}` in `{env.name}`: {outcome}", ""]
-    if error:
-        lines += [f"**Error:** {error}", "", "No manifest was written for a failed attempt; its upload was aborted "
-                  "or deleted. Retention did not run.", ""]
-    if manifest:
-        mb = manifest.size / 1e6
-        dump_s = manifest.durations.get("dump", 0.0)
-        lines += [
-            md_table([
-                {"figure": "backup id", "value": manifest.backup_id},
-                {"figure": "storage", "value": f"{cfg.storage.url}/{database}/{manifest.backup_id}/"},
-                {"figure": "format", "value": manifest.format},
-                {"figure": "size (MB)", "value": f"{mb:.2f}"},
-                {"figure": "database size (MB)", "value": f"{manifest.database_size / 1e6:.2f}"},
-                {"figure": "sha256", "value": manifest.sha256},
-                {"figure": "snapshot time", "value": manifest.snapshot_time},
-                {"figure": "LSN", "value": manifest.lsn},
-                {"figure": "rows", "value": sum(manifest.row_counts.values())},
-                {"figure": "tables", "value": len(manifest.row_counts)},
-                {"figure": "dump seconds", "value": dump_s},
-                {"figure": "verify seconds", "value": manifest.durations.get("verify", "")},
-                {"figure": "throughput (MB/s of database)", "value":
-                    f"{manifest.database_size / 1e6 / dump_s:.1f}" if dump_s else ""},
-                {"figure": "server / pg_dump", "value": f"{manifest.server_version} / {manifest.pg_dump_version}"},
-            ]),
-            "## Row counts", "",
-            md_table([{"table": t, "rows": n} for t, n in sorted(manifest.row_counts.items())]),
-        ]
-    if checks:
-        lines += ["## Preflight", "", md_table([{"check": k, "result": v} for k, v in checks.items()])]
-    if plan is not None:
-        lines += ["## Retention", "", f"Kept {len(plan.keep)}, deleted {len(plan.delete)}.", "",
-                  md_table(plan.rows())]
-        publish_table(artifact_key("backup-catalogue", env.name, database), plan.rows(),
-                      f"Backup catalogue of {database} in {env.name} after retention")
-    publish_report(key, "\n".join(lines), f"Backup of {database} in {env.name}: {outcome}")
-    resource = f"runbook.database.{env.name}.{database}"
-    if error:
-        emit("runbook.backup.failed", resource, {"environment": env.name, "database": database, "error": error})
-    else:
-        assert manifest is not None
-        emit("runbook.backup.succeeded", resource, {
-            "environment": env.name, "database": database, "backup_id": manifest.backup_id,
-            "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
-            "dump_seconds": manifest.durations.get("dump"),
-            "deleted": sorted(plan.delete) if plan else [],
-        })
+def backup_one(environment: str, database: str) -> dict[str, Any]:
+    """Run one database's backup as a subflow and report its outcome without raising."""
+    state = backup_database(environment, database, return_state=True)
+    if state.is_completed():
+        return {"database": database, "outcome": "ok", **state.result()}
+    return {"database": database, "outcome": "failed", "error": scrub(state.message or state.name or "")}
 
 
 # --- flows ------------------------------------------------------------------------------------------
 
 
-@flow(name="backup-database")
+@flow(name="backup-database", flow_run_name=namer("backup-database"), on_running=[tag_run])
 def backup_database(environment: str, database: str) -> dict[str, Any]:
     """Back up one database: preflight, consistent dump streamed to storage, verify,
     commit the manifest, apply retention, and report. A re-run of the same flow run
-    reuses a backup it already committed instead of dumping again."""
+    reuses a backup it already committed instead of dumping again.
+
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+        database: The database to back up, as named under `databases` in the environment.
+    """
     env = load_environment(environment)
     env.database(database).check_secrets()  # unknown database or missing secret: fails before anything runs
     # A retry of this run, or of the backup_all run above it, finds what it committed.
     run_id = str(flow_run.root_flow_run_id or flow_run.id or "") or None
-    limits = {artifact_key("backup", env.name): env.backup_concurrency,
-              artifact_key("backup", env.name, database): 1}
     manifest: backups.Manifest | None = None
     plan: RetentionPlan | None = None
     reused = False
-    checks: dict[str, Any] = {}
+    preflight_checks: dict[str, Any] = {}
     try:
-        with holding(limits, timeout_seconds=LOCK_TIMEOUT):
+        with holding(locks.backup(env, database), timeout_seconds=LOCK_TIMEOUT):
             manifest = find_committed_backup(env, database, run_id)
             reused = manifest is not None
-            if manifest is None:
-                checks = preflight(env, database)
+            if not reused:
+                preflight_checks = preflight(env, database)
                 with transaction():
-                    dumped = dump_to_storage(env, database, run_id, checks["pg_dump_major"])
-                    verified = verify_backup(env, dumped)
-                    manifest = commit_manifest(env, verified)
+                    dumped = dump_to_storage(env, database, run_id, preflight_checks["pg_dump_major"])
+                    manifest = commit_manifest(env, verify_backup(env, dumped))
             fault_point("backup.after-commit")
             plan = apply_retention(env, database, datetime.now(UTC))
     except Exception as exc:
-        report_backup(env, database, manifest, reused, None, scrub(str(exc)), checks)
+        reports.publish(reports.backup(env, database, manifest, reused, None, scrub(str(exc)), preflight_checks))
         raise
-    report_backup(env, database, manifest, reused, plan, None, checks)
+    reports.publish(reports.backup(env, database, manifest, reused, plan, None, preflight_checks))
     return {
         "runbook": "backup", "environment": env.name, "database": database, "backup_id": manifest.backup_id,
         "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
@@ -273,27 +199,21 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
     }
 
 
-@task
-def backup_one(environment: str, database: str) -> dict[str, Any]:
-    """Run one database's backup as a subflow and report its outcome without raising."""
-    state = backup_database(environment, database, return_state=True)
-    if state.is_completed():
-        return {"database": database, "outcome": "ok", **state.result()}
-    return {"database": database, "outcome": "failed", "error": scrub(state.message or state.name or "")}
-
-
-@flow(name="backup-all", task_runner=ThreadPoolTaskRunner(max_workers=8), retries=1, retry_delay_seconds=60)
+@flow(name="backup-all", flow_run_name=namer("backup-all"), on_running=[tag_run],
+      task_runner=ThreadPoolTaskRunner(max_workers=8), retries=1, retry_delay_seconds=60)
 def backup_all(environment: str) -> list[dict[str, Any]]:
     """Back up every database of the environment, as one subflow each, at most
-    `backup_concurrency` at a time. Fails if any backup failed."""
+    `backup_concurrency` at a time. Fails if any backup failed.
+
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+    """
     env = load_environment(environment)
     results = [f.result() for f in backup_one.map(environment, list(env.databases))]
-    rows = [{"database": r["database"], "outcome": r["outcome"], "backup_id": r.get("backup_id", ""),
-             "size_mb": round(r.get("size", 0) / 1e6, 2), "error": r.get("error", "")} for r in results]
-    publish_table(artifact_key("backup-all", env.name), rows, f"Backups of every database in {env.name}")
-    failed = [r["database"] for r in results if r["outcome"] != "ok"]
-    if failed:
-        raise RunbookError(f"backup failed for {', '.join(failed)} in {env.name}")
+    report = reports.backup_all(env, results)
+    reports.publish(report)
+    if report.failure:
+        raise RunbookError(f"{report.failure} in {env.name}")
     return results
 
 

@@ -19,144 +19,40 @@ nothing else.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import httpx
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.transactions import Transaction, transaction
 
-from flows.deploy import live_deployment
-from flows.restore_test import choose_backup, drop_scratch, restore_into_scratch, restore_server
-from tasks import backups, checks, http_checks, kubernetes, postgres
-from tasks.config import EnvironmentConfig, load_environment
-from tasks.errors import CheckFailed, ConfigError, PermanentError, PolicyRefused
+from tasks import approvals, backups, checks, http_checks, kubernetes, locks, postgres, reports
+from tasks.config import EnvironmentConfig, check_choice, load_environment
+from tasks.errors import CheckFailed, ConfigError, PermanentError
 from tasks.faults import fault_point
-from tasks.prefect_api import artifact_key, emit, holding, md_table, publish_report, remember_for_rollback
+from tasks.naming import RestoreNames, artifact_key, namer, restore_names
+from tasks.prefect_api import holding, remember_for_rollback, tag_run
+from tasks.records import App, RestoreRecord, timed
 from tasks.redact import scrub
+from tasks.restores import choose_backup, drop_scratch, restore_into_scratch, verify_restored
 
 MODES = ("swap", "new")
 LOCK_TIMEOUT = timedelta(hours=1).total_seconds()
-APPROVAL_TIMEOUT = int(timedelta(hours=4).total_seconds())
-PG_NAME_MAX = 63  # bytes; PostgreSQL silently truncates longer identifiers
-
-
-# --- inputs a human gives -----------------------------------------------------------------------------
-
-
-class RestoreConfirmation(RunInput):
-    """Type the database's name to replace it with the backup."""
-
-    confirm: str
-    approver: str
-
-
-# --- decisions (no I/O) -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RestoreNames:
-    live: str  # the database the apps use
-    restored: str  # <db>_restore_<timestamp>: the backup is restored here
-    kept: str  # <db>_pre_restore_<timestamp>: the live database after a swap
-
-
-def restore_names(dbname: str, at: datetime) -> RestoreNames:
-    """The names a restore uses, stamped with its UTC start time, within PostgreSQL's 63
-    bytes (a long database name is shortened in the copies' names, never the stamp)."""
-    stamp = f"{at.astimezone(UTC):%Y%m%d%H%M%S}"
-    base = dbname[: PG_NAME_MAX - len("_pre_restore_") - len(stamp)]
-    return RestoreNames(dbname, f"{base}_restore_{stamp}", f"{base}_pre_restore_{stamp}")
-
-
-def check_mode(mode: Any) -> str:
-    if mode not in MODES:
-        raise ConfigError(f"mode {mode!r} is not a restore mode; allowed: {', '.join(MODES)}")
-    return str(mode)
-
-
-def confirmation_refused(typed: str, approver: str, dbname: str) -> str | None:
-    """Why a confirmation does not count, or None if it does: the approver typed the
-    database's exact name, and gave theirs."""
-    if typed.strip() != dbname:
-        return f"restore not confirmed: expected the database name {dbname!r}, got {typed!r}"
-    if not approver.strip():
-        return "restore confirmation needs the approver's name"
-    return None
-
-
-def scaled_down(dep: dict[str, Any]) -> bool:
-    """The Deployment's controller has seen replicas 0 and counts no pod left. kubectl's
-    rollout-status rules call a scale-down done before that; pods already shutting down
-    are not counted, so their sessions are terminated next."""
-    generation = (dep.get("metadata") or {}).get("generation") or 0
-    status = dep.get("status") or {}
-    return ((dep.get("spec") or {}).get("replicas") == 0 and generation <= (status.get("observedGeneration") or 0)
-            and not status.get("replicas"))
-
-
-@dataclass(frozen=True)
-class App:
-    """A service that uses the database, and the replicas it ran before the restore."""
-
-    service: str
-    namespace: str
-    deployment: str
-    replicas: int
-
-
-@dataclass
-class RestoreRecord:
-    """What the report says: filled in step by step."""
-
-    environment: str
-    database: str
-    mode: str
-    names: RestoreNames
-    outcome: str = "running"
-    approver: str | None = None
-    backup: dict[str, Any] = field(default_factory=dict)
-    original_oid: int | None = None
-    apps: list[App] = field(default_factory=list)
-    replicas_after: dict[str, int] = field(default_factory=dict)
-    sessions_terminated: int = 0
-    checks: list[checks.Check] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    down_from: float | None = None  # epoch seconds: the first scale to 0
-    healthy_at: float | None = None  # epoch seconds: every app healthy again
-    changed: bool = False  # production was touched: apps scaled or sessions terminated
-    swapped: bool = False
-    scratch: str = ""  # what became of the restored copy after a failure
-    failure: str | None = None
-    recovery: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def app_down_seconds(self) -> float | None:
-        if self.down_from is None or self.healthy_at is None:
-            return None
-        return round(self.healthy_at - self.down_from, 3)
-
-
-def require_passed(results: list[checks.Check], restored: str) -> None:
-    failed = [c for c in results if not c.passed]
-    if failed:
-        raise CheckFailed(f"restored copy {restored!r} failed its checks, nothing was swapped: "
-                          + "; ".join(f"{c.name}: {c.detail}" for c in failed))
 
 
 # --- tasks: PostgreSQL ----------------------------------------------------------------------------
 
 
+def _server(env: EnvironmentConfig, database: str) -> postgres.Server:
+    """The database's own server: a swap renames databases there."""
+    return postgres.server_for(env.database(database))
+
+
 @task
 def check_names(env: EnvironmentConfig, database: str, names: RestoreNames, mode: str) -> int | None:
     """The copies' names are free and, for a swap, the live database exists. Returns its oid."""
-    server = restore_server(env, database, own_server=True)
+    server = _server(env, database)
     oid = postgres.database_oid(server, names.live)
     if mode == "swap" and oid is None:
         raise ConfigError(f"database {names.live!r} does not exist on {server.describe()}: nothing to swap; "
@@ -171,21 +67,7 @@ def check_names(env: EnvironmentConfig, database: str, names: RestoreNames, mode
 @task(cache_policy=NO_CACHE)
 def terminate_connections(env: EnvironmentConfig, database: str, dbname: str) -> int:
     """`pg_terminate_backend` on every session of the live database but ours."""
-    return postgres.terminate_connections(restore_server(env, database, own_server=True), dbname)
-
-
-@task
-def check_restored(env: EnvironmentConfig, manifest: backups.Manifest, dbname: str) -> list[checks.Check]:
-    """Row counts against the manifest, and the restore-test smoke queries."""
-    cfg = env.database(manifest.database)
-    with postgres.connect(restore_server(env, manifest.database, own_server=True), dbname) as conn:
-        results = [checks.row_counts_match(manifest.row_counts, postgres.row_counts(conn))]
-        for q in cfg.restore_test.smoke_queries:
-            try:
-                results.append(checks.smoke_query(q, postgres.first_value(conn, q.sql)))
-            except CheckFailed as exc:
-                results.append(checks.Check(f"smoke: {q.name}", False, f"query failed: {exc}"))
-    return results
+    return postgres.terminate_connections(_server(env, database), dbname)
 
 
 @task(cache_policy=NO_CACHE)
@@ -194,15 +76,14 @@ def swap_in(env: EnvironmentConfig, database: str, names: RestoreNames) -> int:
     TO live`, both in one transaction, with new sessions refused meanwhile. Returns the
     sessions it terminated."""
     remember_for_rollback(env=env, database=database, names=names)
-    return postgres.swap_databases(restore_server(env, database, own_server=True), names.live, names.restored, names.kept)
+    return postgres.swap_databases(_server(env, database), names.live, names.restored, names.kept)
 
 
 @swap_in.on_rollback
 def swap_back(txn: Transaction) -> None:
     """Undo of swap_in: the original takes its name back, the restored copy its scratch name."""
-    env: EnvironmentConfig = txn.get("env")
     names: RestoreNames = txn.get("names")
-    postgres.swap_databases(restore_server(env, txn.get("database"), own_server=True), names.live, names.kept, names.restored)
+    postgres.swap_databases(_server(txn.get("env"), txn.get("database")), names.live, names.kept, names.restored)
 
 
 # --- tasks: the apps ----------------------------------------------------------------------------------
@@ -213,18 +94,9 @@ def remember_replicas(env: EnvironmentConfig, service: str) -> App:
     """The checkpoint: which Deployment serves the service, and its replicas now."""
     svc = env.service(service)
     with kubernetes.api_client(env.kubernetes) as api:
-        name = live_deployment(api, svc)
+        name = kubernetes.live_deployment(api, svc)
         dep = kubernetes.read_deployment(api, svc.namespace, name)
     return App(service, svc.namespace, name, int(dep.get("spec", {}).get("replicas", 1)))
-
-
-def _wait_scaled_down(api: Any, app: App, timeout_s: float, poll_s: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not scaled_down(kubernetes.read_deployment(api, app.namespace, app.deployment)):
-        if time.monotonic() > deadline:
-            raise CheckFailed(f"Deployment {app.deployment!r} in namespace {app.namespace!r} still has pods "
-                              f"{timeout_s:g}s after scaling to 0")
-        time.sleep(poll_s)
 
 
 def _scale_and_wait(env: EnvironmentConfig, app: App, replicas: int) -> None:
@@ -232,7 +104,7 @@ def _scale_and_wait(env: EnvironmentConfig, app: App, replicas: int) -> None:
     with kubernetes.api_client(env.kubernetes) as api:
         kubernetes.scale(api, app.namespace, app.deployment, replicas)
         if replicas == 0:
-            _wait_scaled_down(api, app, timeout)
+            kubernetes.wait_scaled_down(api, app.namespace, app.deployment, timeout)
         else:
             kubernetes.wait_for_rollout(api, app.namespace, app.deployment, timeout)
 
@@ -258,7 +130,8 @@ def wait_scaled_down(env: EnvironmentConfig, apps: list[App]) -> None:
     """Until no pod of the apps is left."""
     with kubernetes.api_client(env.kubernetes) as api:
         for app in apps:
-            _wait_scaled_down(api, app, env.service(app.service).rollout_timeout.total_seconds())
+            kubernetes.wait_scaled_down(api, app.namespace, app.deployment,
+                                        env.service(app.service).rollout_timeout.total_seconds())
 
 
 @task(cache_policy=NO_CACHE)
@@ -275,272 +148,122 @@ def take_down_again(txn: Transaction) -> None:
     _scale_and_wait(txn.get("env"), txn.get("app"), 0)
 
 
-@task
-def wait_healthy(env: EnvironmentConfig, apps: list[App]) -> dict[str, Any]:
-    """`kubectl rollout status` for each app, then its health URLs answer 2xx."""
+def _apps_now(env: EnvironmentConfig, apps: list[App], *, wait_for_rollout: bool) -> tuple[dict[str, int], list[str]]:
+    """Each app's replicas now, and the apps that should run but do not answer healthy."""
     replicas: dict[str, int] = {}
-    with kubernetes.api_client(env.kubernetes) as api, httpx.Client(timeout=5.0) as client:
+    unhealthy: list[str] = []
+    with kubernetes.api_client(env.kubernetes) as api:
         for app in apps:
             svc = env.service(app.service)
             if app.replicas > 0:
-                kubernetes.wait_for_rollout(api, app.namespace, app.deployment, svc.rollout_timeout.total_seconds())
-                if http_checks.wait_healthy(client, svc.health_urls, svc.rollout_timeout.total_seconds()) is None:
-                    raise CheckFailed(f"{app.service} is not healthy after the restore: {', '.join(svc.health_urls)}")
+                if wait_for_rollout:
+                    kubernetes.wait_for_rollout(api, app.namespace, app.deployment,
+                                                svc.rollout_timeout.total_seconds())
+                with http_checks.client(svc.http_timeout) as client:
+                    if http_checks.wait_healthy(client, svc.health_urls, svc.rollout_timeout.total_seconds()) is None:
+                        unhealthy.append(f"{app.service} is not healthy after the restore: {', '.join(svc.health_urls)}")
             dep = kubernetes.read_deployment(api, app.namespace, app.deployment)
             replicas[app.service] = int(dep.get("spec", {}).get("replicas", 1))
+    return replicas, unhealthy
+
+
+@task
+def wait_healthy(env: EnvironmentConfig, apps: list[App]) -> dict[str, Any]:
+    """`kubectl rollout status` for each app, then its health URLs answer 2xx."""
+    replicas, unhealthy = _apps_now(env, apps, wait_for_rollout=True)
+    if unhealthy:
+        raise CheckFailed("; ".join(unhealthy))
     return {"healthy_at": time.time(), "replicas": replicas}
 
 
 @task
-def check_recovered(env: EnvironmentConfig, database: str, names: RestoreNames, original_oid: int | None,
-                    apps: list[App]) -> dict[str, Any]:
+def check_recovered(env: EnvironmentConfig, database: str, record: RestoreRecord) -> dict[str, Any]:
     """After a failure: is the original database live under its name, are the apps back at
-    their replicas, and healthy?"""
-    server = restore_server(env, database, own_server=True)
-    live_oid = postgres.database_oid(server, names.live)
-    replicas: dict[str, int] = {}
-    healthy = True
-    with kubernetes.api_client(env.kubernetes) as api, httpx.Client(timeout=5.0) as client:
-        for app in apps:
-            dep = kubernetes.read_deployment(api, app.namespace, app.deployment)
-            replicas[app.service] = int(dep.get("spec", {}).get("replicas", 1))
-            svc = env.service(app.service)
-            if app.replicas > 0:
-                waited = http_checks.wait_healthy(client, svc.health_urls, svc.rollout_timeout.total_seconds())
-                healthy = healthy and waited is not None
-    return {
-        "original database live": live_oid is not None and live_oid == original_oid,
-        "previous copy left": postgres.database_exists(server, names.kept),
-        "replicas restored": all(replicas[a.service] == a.replicas for a in apps),
-        "replicas": replicas,
-        "healthy": healthy,
-        "healthy_at": time.time() if healthy else None,
-    }
+    their replicas, and healthy? (`checks.recovery`)"""
+    server = _server(env, database)
+    live_oid = postgres.database_oid(server, record.names.live)
+    replicas, unhealthy = _apps_now(env, record.apps, wait_for_rollout=False)
+    verdict = checks.recovery(record.swapped, record.original_oid, live_oid,
+                              postgres.database_exists(server, record.names.kept), record.replicas_before,
+                              replicas, not unhealthy)
+    return {"verdict": verdict, "healthy_at": None if unhealthy else time.time()}
 
 
-# --- report -------------------------------------------------------------------------------------------
+# --- steps -----------------------------------------------------------------------------------------
 
 
-@task
-def report_restore(record: RestoreRecord) -> None:
-    """The report artifact; a run in progress writes it too, as the checkpoint to recover from by hand."""
-    rec, names = record, record.names
-    outcome = "IN PROGRESS" if rec.outcome == "running" else rec.outcome.upper()
-    lines = [f"# Restore of `{rec.database}` in `{rec.environment}` ({rec.mode}): {outcome}", ""]
-    if rec.outcome == "running":
-        lines += [f"If this run dies, scale the apps back to the replicas below; `{names.live}` is production "
-                  f"unless a swap happened, in which case the previous database is `{names.kept}`.", ""]
-    if rec.failure:
-        lines += [f"**What failed:** {rec.failure}", ""]
-    if rec.recovery:
-        lines += ["**Recovery:** " + "; ".join(f"{k}: {v}" for k, v in rec.recovery.items() if k != "healthy_at"),
-                  ""]
-    restored, previous = _where_the_copies_are(rec)
-    rows = [
-        {"figure": "backup id", "value": rec.backup.get("backup_id", "")},
-        {"figure": "backup taken at", "value": rec.backup.get("taken_at", "")},
-        {"figure": "backup size (MB)", "value": rec.backup.get("size_mb", "")},
-        {"figure": "backup sha256", "value": rec.backup.get("sha256", "")},
-        {"figure": "live database", "value": names.live},
-        {"figure": "restored copy", "value": restored},
-    ]
-    if rec.mode == "swap":
-        rows += [
-            {"figure": "previous database", "value": previous},
-            {"figure": "approver", "value": rec.approver or ""},
-            {"figure": "sessions terminated", "value": rec.sessions_terminated},
-            {"figure": "app-down time (s)", "value": "" if rec.app_down_seconds is None else rec.app_down_seconds},
-        ]
-    rows += [{"figure": f"{k} seconds", "value": v} for k, v in rec.timings.items()]
-    lines += [md_table(rows), ""]
-    if rec.apps:
-        lines += ["## Apps", "", md_table([
-            {"service": a.service, "deployment": f"{a.namespace}/{a.deployment}", "replicas before": a.replicas,
-             "replicas after": rec.replicas_after.get(a.service, "")} for a in rec.apps]), ""]
-    if rec.checks:
-        lines += ["## Checks", "", md_table([
-            {"check": c.name, "result": "pass" if c.passed else "FAIL", "figures": c.detail} for c in rec.checks])]
-    publish_report(artifact_key("restore", rec.environment, rec.database), "\n".join(lines),
-                   f"Restore of {rec.database} in {rec.environment}: {outcome}")
-    if rec.outcome == "running":
-        return
-    payload = {
-        "environment": rec.environment, "database": rec.database, "mode": rec.mode,
-        "backup_id": rec.backup.get("backup_id"), "names": asdict(names), "approver": rec.approver,
-        "replicas_before": {a.service: a.replicas for a in rec.apps}, "replicas_after": rec.replicas_after,
-        "app_down_seconds": rec.app_down_seconds, "timings": rec.timings, "swapped": rec.swapped,
-        "checks": {c.name: c.passed for c in rec.checks}, "error": rec.failure,
-        "recovery": {k: v for k, v in rec.recovery.items() if k != "healthy_at"},
-    }
-    emit(f"runbook.restore.{rec.outcome}", f"runbook.database.{rec.environment}.{rec.database}", payload)
-
-
-def _where_the_copies_are(rec: RestoreRecord) -> tuple[str, str]:
-    """For the report: what became of the restored copy and of the previous database."""
-    names = rec.names
-    if rec.outcome == "running":
-        return names.restored, names.live
-    if rec.outcome == "succeeded":
-        if rec.mode == "new":
-            return f"{names.restored} (kept)", names.live
-        return f"{names.restored} (now live as {names.live})", f"kept as {names.kept}"
-    restored = f"{names.restored} ({rec.scratch})" if rec.scratch else names.restored
-    if not rec.swapped:
-        return restored, f"{names.live} (untouched)"
-    if rec.recovery.get("original database live"):
-        return restored, f"{names.live} (swapped back)"
-    return f"{names.restored}: see the recovery line", f"{names.kept}: the swap back FAILED"
-
-
-# --- steps a human takes ------------------------------------------------------------------------------
-
-
-def confirm_swap(env: EnvironmentConfig, names: RestoreNames, manifest: backups.Manifest, apps: list[str]) -> str:
+def confirm_swap(env: EnvironmentConfig, record: RestoreRecord, manifest: backups.Manifest) -> str:
     """A swap replaces production data, so it always asks: type the database's name."""
+    names, apps = record.names, env.database(record.database).apps
     down = f"{', '.join(apps)} will be scaled to 0 meanwhile" if apps else "no app is configured to stop"
-    answer = pause_flow_run(wait_for_input=RestoreConfirmation.with_initial_data(
-        description=(f"Replace database {names.live!r} in {env.name} with backup {manifest.backup_id} "
-                     f"(taken {manifest.snapshot_time}); the current one is kept as {names.kept!r}; {down}. "
-                     f"Type {names.live} to confirm."),
-        confirm="", approver=""), timeout=APPROVAL_TIMEOUT, poll_interval=1)
-    refused = confirmation_refused(answer.confirm, answer.approver, names.live)
-    if refused:
-        raise PolicyRefused(refused)
-    return answer.approver.strip()
+    return approvals.ask_restore(
+        f"Replace database {names.live!r} in {env.name} with backup {manifest.backup_id} "
+        f"(taken {manifest.snapshot_time}); the current one is kept as {names.kept!r}; {down}. "
+        f"Type {names.live} to confirm.", names.live)
 
 
-# --- flow ---------------------------------------------------------------------------------------------
+def require_passed(results: list[checks.Check], restored: str) -> None:
+    failed = checks.failures(results)
+    if failed:
+        raise CheckFailed(f"restored copy {restored!r} failed its checks, nothing was swapped: {failed}")
 
 
-def locks(env: EnvironmentConfig, database: str, mode: str) -> dict[str, int]:
-    """One restore of a database at a time; a swap also holds off its backups and the
-    deploys of its apps, which would scale them up or connect mid-way."""
-    held = {artifact_key("restore", env.name, database): 1}
-    if mode == "swap":
-        held[artifact_key("backup", env.name, database)] = 1
-        held.update({artifact_key("deploy", env.name, app): 1 for app in env.database(database).apps})
-    return held
-
-
-@flow(name="restore-database")
-def restore_database(environment: str, database: str, backup_id: str | None = None,
-                     mode: Literal["swap", "new"] = "swap") -> dict[str, Any]:
-    """Restore the newest valid backup (or `backup_id`) of a database. `swap` puts it in
-    production's place: after the operator types the database's name, the apps that use
-    it are scaled to 0 (their replicas remembered), the remaining sessions terminated, the
-    backup restored into `<db>_restore_<time>` and its row counts checked against the
-    manifest, then the two databases swap names (the old one is kept as
-    `<db>_pre_restore_<time>`, never dropped) and the apps come back and must be healthy.
-    Any failure puts production back as it was and ends Failed. `new` only restores and
-    checks the copy beside production, and keeps it."""
-    env = load_environment(environment)
-    cfg = env.database(database)
-    mode = check_mode(mode)
-    cfg.check_secrets()
-    record = RestoreRecord(env.name, database, mode, restore_names(cfg.dbname or database, datetime.now(UTC)))
-    started = time.monotonic()
-    try:
-        manifest = choose_backup(env, database, backup_id)
-        record.backup = {"backup_id": manifest.backup_id, "taken_at": manifest.snapshot_time,
-                         "size_mb": round(manifest.size / 1e6, 2), "sha256": manifest.sha256}
-        record.original_oid = check_names(env, database, record.names, mode)
-        if mode == "swap":
-            record.approver = confirm_swap(env, record.names, manifest, cfg.apps)
-        with holding(locks(env, database, mode), timeout_seconds=LOCK_TIMEOUT):
-            if mode == "swap":
-                restore_and_swap(env, database, manifest, record)
-            else:
-                restore_beside(env, database, manifest, record)
-        record.outcome = "succeeded"
-    except Exception as exc:
-        record.outcome = "failed"
-        record.failure = scrub(str(exc))
-        if record.changed:
-            state = check_recovered(env, database, record.names, record.original_oid, record.apps,
-                                    return_state=True)
-            if state.is_completed():
-                recovered = state.result()
-                swap = "swapped back" if recovered["original database live"] else "NOT swapped back"
-                record.recovery = {"swap": swap if record.swapped else "none happened", **recovered}
-                record.replicas_after = recovered["replicas"]
-                record.healthy_at = recovered["healthy_at"]
-            else:
-                record.recovery = {"recovery check failed": scrub(state.message or "")}
-        record.timings["total"] = round(time.monotonic() - started, 3)
-        report_restore(record)
-        raise
-    record.timings["total"] = round(time.monotonic() - started, 3)
-    report_restore(record)
-    return {
-        "runbook": "restore-database", "environment": env.name, "database": database, "mode": mode,
-        "backup_id": manifest.backup_id, "names": asdict(record.names), "approver": record.approver,
-        "replicas_before": {a.service: a.replicas for a in record.apps}, "replicas_after": record.replicas_after,
-        "sessions_terminated": record.sessions_terminated, "app_down_seconds": record.app_down_seconds,
-        "checks": [asdict(c) for c in record.checks], "timings": record.timings,
-        "artifact": artifact_key("restore", env.name, database),
-    }
-
-
-def restore_and_swap(env: EnvironmentConfig, database: str, manifest: backups.Manifest,
-                     record: RestoreRecord) -> None:
-    """Scale the apps to 0, terminate sessions, restore beside, check, swap, scale back,
-    health. A failure rolls back through the hooks in reverse: apps down again, swap
-    back, apps to their replicas; then the restored copy is dropped."""
+def restore_and_check(env: EnvironmentConfig, manifest: backups.Manifest, record: RestoreRecord) -> None:
+    """Restore into `<db>_restore_<time>` on the database's own server, like the live one,
+    and check it against the manifest."""
     names = record.names
-    record.apps = [remember_replicas(env, service) for service in env.database(database).apps]
-    report_restore(record)  # the checkpoint, for a person should this run die
-    try:
-        with transaction():
-            record.changed = True
-            record.down_from = time.time()
-            with timed(record, "scale to 0"):
-                for app in record.apps:
-                    scale_down(env, app)
-                wait_scaled_down(env, record.apps)
-            with timed(record, "terminate sessions"):
-                record.sessions_terminated = terminate_connections(env, database, names.live)
-            record.timings.update(restore_into_scratch(env, manifest, names.restored, replacing=names.live))
-            with timed(record, "verify"):
-                record.checks = check_restored(env, manifest, names.restored)
-            require_passed(record.checks, names.restored)
-            fault_point("restore.before-swap")
-            with timed(record, "swap"):
-                record.sessions_terminated += swap_in(env, database, names)
-            record.swapped = True
-            fault_point("restore.after-swap")
-            with timed(record, "scale back and healthy"):
-                for app in record.apps:
-                    scale_up(env, app)
-                fault_point("restore.after-scale-up")
-                healthy = wait_healthy(env, record.apps)
-            record.healthy_at = healthy["healthy_at"]
-            record.replicas_after = healthy["replicas"]
-    except Exception:
-        record.scratch = drop_restored_copy(env, database, names)
-        raise
-
-
-@contextmanager
-def timed(record: RestoreRecord, step: str) -> Iterator[None]:
-    clock = time.monotonic()
-    try:
-        yield
-    finally:
-        record.timings[step] = round(time.monotonic() - clock, 3)
+    record.timings.update(restore_into_scratch(env, manifest, names.restored, replacing=names.live))
+    with timed(record.timings, "verify"):
+        record.checks = verify_restored(env, manifest, names.restored, own_server=True, amcheck=False)
+    require_passed(record.checks, names.restored)
 
 
 def restore_beside(env: EnvironmentConfig, database: str, manifest: backups.Manifest,
                    record: RestoreRecord) -> None:
-    """Restore into `<db>_restore_<time>` and check it; keep it if it passes, drop it if not."""
-    names = record.names
+    """mode=new: restore and check the copy; keep it if it passes, drop it if not."""
     try:
-        record.timings.update(restore_into_scratch(env, manifest, names.restored, replacing=names.live))
-        with timed(record, "verify"):
-            record.checks = check_restored(env, manifest, names.restored)
-        require_passed(record.checks, names.restored)
+        restore_and_check(env, manifest, record)
+    except Exception:
+        record.scratch = drop_restored_copy(env, database, record.names)
+        raise
+
+
+def restore_and_swap(env: EnvironmentConfig, database: str, manifest: backups.Manifest,
+                     record: RestoreRecord) -> None:
+    """mode=swap: scale the apps to 0, terminate sessions, restore beside, check, swap,
+    scale back, health. A failure rolls back through the hooks in reverse (apps down
+    again, swap back, apps to their replicas); then the restored copy is dropped."""
+    names = record.names
+    record.apps = [remember_replicas(env, service) for service in env.database(database).apps]
+    reports.publish(reports.restore(record))  # the checkpoint, for a person should this run die
+    try:
+        with transaction():
+            record.changed = True
+            record.down_from = time.time()
+            with timed(record.timings, "scale to 0"):
+                for app in record.apps:
+                    scale_down(env, app)
+                wait_scaled_down(env, record.apps)
+            with timed(record.timings, "terminate sessions"):
+                record.sessions_terminated = terminate_connections(env, database, names.live)
+            restore_and_check(env, manifest, record)
+            fault_point("restore.before-swap")
+            with timed(record.timings, "swap"):
+                record.sessions_terminated += swap_in(env, database, names)
+            record.swapped = True
+            fault_point("restore.after-swap")
+            with timed(record.timings, "scale back and healthy"):
+                for app in record.apps:
+                    scale_up(env, app)
+                fault_point("restore.after-scale-up")
+                healthy = wait_healthy(env, record.apps)
+            record.healthy_at, record.replicas_after = healthy["healthy_at"], healthy["replicas"]
     except Exception:
         record.scratch = drop_restored_copy(env, database, names)
         raise
+
+
+RESTORES = {"swap": restore_and_swap, "new": restore_beside}
 
 
 def drop_restored_copy(env: EnvironmentConfig, database: str, names: RestoreNames) -> str:
@@ -551,6 +274,72 @@ def drop_restored_copy(env: EnvironmentConfig, database: str, names: RestoreName
     if not state.is_completed():
         return f"drop failed, drop it by hand: {scrub(state.message or '')}"
     return "dropped" if state.result() else "not created"
+
+
+def check_recovery(env: EnvironmentConfig, database: str, record: RestoreRecord) -> None:
+    """After a failure that touched production: what the report says of its state now."""
+    state = check_recovered(env, database, record, return_state=True)
+    if not state.is_completed():
+        record.recovery = {"recovery check failed": scrub(state.message or "")}
+        return
+    found = state.result()
+    record.recovery, record.healthy_at = found["verdict"], found["healthy_at"]
+    record.replicas_after = found["verdict"]["replicas"]
+
+
+# --- flow ---------------------------------------------------------------------------------------------
+
+
+@flow(name="restore-database", flow_run_name=namer("restore-database"), on_running=[tag_run])
+def restore_database(environment: str, database: str, backup_id: str | None = None,
+                     mode: Literal["swap", "new"] = "swap") -> dict[str, Any]:
+    """Restore the newest valid backup (or `backup_id`) of a database. `swap` puts it in
+    production's place: after the operator types the database's name, the apps that use
+    it are scaled to 0 (their replicas remembered), the remaining sessions terminated, the
+    backup restored into `<db>_restore_<time>` and its row counts checked against the
+    manifest, then the two databases swap names (the old one is kept as
+    `<db>_pre_restore_<time>`, never dropped) and the apps come back and must be healthy.
+    Any failure puts production back as it was and ends Failed. `new` only restores and
+    checks the copy beside production, and keeps it.
+
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+        database: The database to restore, as named under `databases` in the environment.
+        backup_id: The backup to restore, like 20260101T020000Z-a1b2c3; empty for the newest valid one.
+        mode: "swap" replaces production (typed confirmation, apps stopped meanwhile); "new" restores
+            a copy beside it and touches nothing else.
+    """
+    env = load_environment(environment)
+    cfg = env.database(database)
+    mode = check_choice("mode", mode, MODES, "a restore mode")
+    cfg.check_secrets()
+    record = RestoreRecord(env.name, database, mode, restore_names(cfg.dbname, datetime.now(UTC)))
+    started = time.monotonic()
+    try:
+        manifest = choose_backup(env, database, backup_id)
+        record.chose(manifest)
+        record.original_oid = check_names(env, database, record.names, mode)
+        if mode == "swap":
+            record.approver = confirm_swap(env, record, manifest)
+        with holding(locks.restore(env, database, mode), timeout_seconds=LOCK_TIMEOUT):
+            RESTORES[mode](env, database, manifest, record)
+        record.outcome = "succeeded"
+    except Exception as exc:
+        record.fail(exc)
+        if record.changed:
+            check_recovery(env, database, record)
+        raise
+    finally:
+        record.timings["total"] = round(time.monotonic() - started, 3)
+        reports.publish(reports.restore(record))
+    return {
+        "runbook": "restore-database", "environment": env.name, "database": database, "mode": mode,
+        "backup_id": manifest.backup_id, "names": asdict(record.names), "approver": record.approver,
+        "replicas_before": record.replicas_before, "replicas_after": record.replicas_after,
+        "sessions_terminated": record.sessions_terminated, "app_down_seconds": record.app_down_seconds,
+        "checks": [asdict(c) for c in record.checks], "timings": record.timings,
+        "artifact": artifact_key("restore", env.name, database),
+    }
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     kubectl rollout status deployment/backend
 
 In a protected environment the operator confirms by typing ROLLBACK, as the runbooks ask.
+With a database, the seeds' database rollback: stop the app, restore the backup, deploy
+the previous version.
 """
 
 from __future__ import annotations
@@ -11,25 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 from prefect import flow, task
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 
-from tasks import http_checks, kubernetes
-from tasks.config import EnvironmentConfig, load_environment
-from tasks.errors import CheckFailed, ConfigError, PolicyRefused
-from tasks.prefect_api import artifact_key, emit, md_table, publish_report
+from flows.restore_database import restore_database
+from tasks import approvals, http_checks, kubernetes, reports
+from tasks.config import EnvironmentConfig, check_revision, load_environment
+from tasks.errors import CheckFailed
+from tasks.naming import namer
+from tasks.prefect_api import tag_run
 from tasks.redact import scrub
-
-CONFIRM_WORD = "ROLLBACK"
-
-
-class RollbackConfirmation(RunInput):
-    """Type ROLLBACK to roll the service back."""
-
-    confirm: str
-    approver: str
 
 
 @task
@@ -46,57 +38,44 @@ def undo(env: EnvironmentConfig, service: str, to_revision: int | None) -> dict[
 @task
 def check_health(env: EnvironmentConfig, service: str) -> dict[str, Any]:
     svc = env.service(service)
-    with httpx.Client(timeout=5.0) as client:
+    with http_checks.client(svc.http_timeout) as client:
         waited = http_checks.wait_healthy(client, svc.health_urls, svc.rollout_timeout.total_seconds())
     if waited is None:
         raise CheckFailed(f"{service} is not healthy after the rollback: {', '.join(svc.health_urls)}")
     return {"healthy_after_seconds": round(waited, 3)}
 
 
-def confirm(env: EnvironmentConfig, service: str) -> str:
-    answer = pause_flow_run(wait_for_input=RollbackConfirmation.with_initial_data(
-        description=f"Type {CONFIRM_WORD} to roll back {service} in {env.name}", confirm="", approver=""),
-        timeout=4 * 3600, poll_interval=1)
-    if answer.confirm.strip() != CONFIRM_WORD:
-        raise PolicyRefused(f"rollback not confirmed: expected the word {CONFIRM_WORD}, got {answer.confirm!r}")
-    if not answer.approver.strip():
-        raise PolicyRefused("rollback confirmation needs the approver's name")
-    return answer.approver
-
-
-@flow(name="rollback")
+@flow(name="rollback", flow_run_name=namer("rollback"), on_running=[tag_run])
 def rollback(environment: str, service: str, to_revision: int | None = None,
              with_database: str | None = None) -> dict[str, Any]:
     """Roll a service back to its previous revision (or `to_revision`) and check its health.
     Protected environments ask for the word ROLLBACK first. With `with_database` (a backup
     id), the seeds' database rollback: the app's database is restored from that backup and
-    swapped in first (restore-database: app scaled to 0, restore, swap), then the image."""
-    from flows.restore_database import restore_database
+    swapped in first (restore-database: app scaled to 0, restore, swap), then the image.
 
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+        service: The service to roll back, as named under `services` in the environment.
+        to_revision: The Deployment revision to go back to (kubectl rollout history); empty for the previous one.
+        with_database: A backup id, like 20260101T020000Z-a1b2c3, to restore the service's database from
+            first; empty to leave the database alone.
+    """
     env = load_environment(environment)
     env.service(service)
-    if to_revision is not None and to_revision < 1:
-        raise ConfigError(f"to_revision {to_revision!r} must be a revision number >= 1, or empty for the previous one")
+    check_revision(to_revision)
     database = env.database_of(service) if with_database else None
-    approver = confirm(env, service) if env.protected else None
-    outcome, error, info, health = "failed", None, {}, {}
+    approver = approvals.ask_rollback(service, env.name) if env.protected else None
+    outcome, error, figures = "failed", None, {}
     try:
         if database:
             restored = restore_database(env.name, database, backup_id=with_database, mode="swap")
-            info["database"] = f"{database} restored from {with_database}, previous kept as {restored['names']['kept']}"
-        info.update(undo(env, service, to_revision))
-        health = check_health(env, service)
+            figures["database"] = f"{database} restored from {with_database}, previous kept as {restored['names']['kept']}"
+        figures.update(undo(env, service, to_revision))
+        figures.update(check_health(env, service))
         outcome = "succeeded"
     except Exception as exc:
         error = scrub(str(exc))
         raise
     finally:
-        rows = [{"figure": k, "value": v} for k, v in {**info, **health}.items()]
-        rows += [{"figure": "approver", "value": approver or "(not required)"}]
-        publish_report(artifact_key("rollback", env.name, service),
-                       f"# Rollback of `{service}` in `{env.name}`: {outcome.upper()}\n\n"
-                       + (f"**Error:** {error}\n\n" if error else "") + md_table(rows),
-                       f"Rollback of {service} in {env.name}: {outcome}")
-        emit(f"runbook.rollback.{outcome}", f"runbook.service.{env.name}.{service}",
-             {"environment": env.name, "service": service, "approver": approver, "error": error, **info})
-    return {"runbook": "rollback", "service": service, "approver": approver, **info, **health}
+        reports.publish(reports.rollback(env.name, service, outcome, error, approver, figures))
+    return {"runbook": "rollback", "service": service, "approver": approver, **figures}

@@ -11,19 +11,10 @@ from typing import Any
 
 from prefect import flow, task
 
-from tasks import kubernetes
-from tasks.config import EnvironmentConfig, load_environment
-from tasks.errors import ConfigError
-from tasks.prefect_api import artifact_key, emit, md_table, publish_report
-
-
-def _report(env: EnvironmentConfig, service: str, action: str, figures: dict[str, Any]) -> None:
-    publish_report(artifact_key(action, env.name, service),
-                   f"# {action.capitalize()} of `{service}` in `{env.name}`: DONE\n\n"
-                   + md_table([{"figure": k, "value": v} for k, v in figures.items()]),
-                   f"{action} of {service} in {env.name}")
-    emit(f"runbook.{action}.succeeded", f"runbook.service.{env.name}.{service}",
-         {"environment": env.name, "service": service, **figures})
+from tasks import kubernetes, reports
+from tasks.config import EnvironmentConfig, check_autoscaler, check_replicas, load_environment
+from tasks.naming import namer
+from tasks.prefect_api import tag_run
 
 
 @task
@@ -54,37 +45,51 @@ def set_autoscaler(env: EnvironmentConfig, service: str, min_replicas: int, max_
     return {"min": min_replicas, "max": max_replicas, "cpu_percent": cpu_percent}
 
 
-@flow(name="scale")
+@flow(name="scale", flow_run_name=namer("scale"), on_running=[tag_run])
 def scale(environment: str, service: str, replicas: int) -> dict[str, Any]:
-    """Scale a service to `replicas` and wait until they are available."""
+    """Scale a service to a number of replicas and wait until they are available.
+
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+        service: The service to scale, as named under `services` in the environment.
+        replicas: How many pods, from 0 to 1000.
+    """
     env = load_environment(environment)
     env.service(service)
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 1000:
-        raise ConfigError(f"replicas {replicas!r} must be a whole number from 0 to 1000")
-    figures = scale_deployment(env, service, replicas)
-    _report(env, service, "scale", figures)
+    figures = scale_deployment(env, service, check_replicas(replicas))
+    reports.publish(reports.scaling(env.name, service, "scale", figures))
     return figures
 
 
-@flow(name="restart")
+@flow(name="restart", flow_run_name=namer("restart"), on_running=[tag_run])
 def restart(environment: str, service: str) -> dict[str, Any]:
-    """`kubectl rollout restart`: new pods with the same spec, one rollout at a time."""
+    """`kubectl rollout restart`: new pods with the same spec, one rollout at a time.
+
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+        service: The service to restart, as named under `services` in the environment.
+    """
     env = load_environment(environment)
     env.service(service)
     figures = restart_deployment(env, service)
-    _report(env, service, "restart", figures)
+    reports.publish(reports.scaling(env.name, service, "restart", figures))
     return figures
 
 
-@flow(name="autoscale")
+@flow(name="autoscale", flow_run_name=namer("autoscale"), on_running=[tag_run])
 def autoscale(environment: str, service: str, min: int, max: int, cpu_percent: int) -> dict[str, Any]:  # noqa: A002
-    """Create or update the service's HorizontalPodAutoscaler."""
+    """Create or update the service's HorizontalPodAutoscaler (`kubectl autoscale`).
+
+    Args:
+        environment: The environment, as named by its file environments/<name>.yaml.
+        service: The service to autoscale, as named under `services` in the environment.
+        min: The fewest pods, at least 1.
+        max: The most pods, at most 1000.
+        cpu_percent: The average CPU use to keep, as a percentage of the pods' CPU requests (1 to 1000).
+    """
     env = load_environment(environment)
     env.service(service)
-    if not (1 <= min <= max <= 1000):
-        raise ConfigError(f"min {min!r} and max {max!r} must satisfy 1 <= min <= max <= 1000")
-    if not (1 <= cpu_percent <= 100):
-        raise ConfigError(f"cpu_percent {cpu_percent!r} must be from 1 to 100")
+    check_autoscaler(min, max, cpu_percent)
     figures = set_autoscaler(env, service, min, max, cpu_percent)
-    _report(env, service, "autoscale", figures)
+    reports.publish(reports.scaling(env.name, service, "autoscale", figures))
     return figures

@@ -47,7 +47,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
+
+if TYPE_CHECKING:
+    from tasks.config import AnalysisConfig
 
 Phase = Literal["Running", "Successful", "Failed", "Inconclusive", "Error"]
 
@@ -207,6 +210,19 @@ def next_due(measurements: Sequence[Measurement], spec: AnalysisSpec) -> float |
     if not measurements:
         return 0.0
     return measurements[-1].at + spec.interval_seconds
+
+
+def spec_of(cfg: AnalysisConfig) -> AnalysisSpec:
+    """The analysis a service's config asks for."""
+
+    def th(t: Any) -> Thresholds:
+        return Thresholds(t.max_error_rate, t.max_latency_ms, t.require_healthy)
+
+    return AnalysisSpec(
+        interval_seconds=cfg.interval.total_seconds(), count=cfg.count, success=th(cfg.success),
+        failure=th(cfg.failure), failure_limit=cfg.failure_limit, inconclusive_limit=cfg.inconclusive_limit,
+        consecutive_error_limit=cfg.consecutive_error_limit,
+    )
 
 
 # --- helpers ---------------------------------------------------------------------------

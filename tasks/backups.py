@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 CUSTOM_FILE = "dump.pgc"
 DIR_PREFIX = "dump/"
 ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
+PROGRESS_EVERY_SECONDS = 2  # between two progress reports of a running dump
 _TABLE_LINE = re.compile(r'dumping contents of table "([^"]+)"')
 
 
@@ -237,7 +238,7 @@ def stream_custom_dump(
         while chunk := proc.stdout.read1(CHUNK):
             sha.update(chunk)
             writer.write(chunk)
-            if time.monotonic() - last > 2:
+            if time.monotonic() - last > PROGRESS_EVERY_SECONDS:
                 last = time.monotonic()
                 on_progress(progress.fraction(copy_rows_done(server, dbname, app_name)), writer.bytes_written)
         proc.wait()
@@ -348,14 +349,13 @@ def verify_stored(storage: Storage, prefix: str, files: list[StoredFile], backup
                     sink.write(chunk)
             if sink is not None:
                 sink.close()
-            if reader.sha256.hexdigest() != f.sha256 or reader.size != f.size:
+            try:
+                check_checksum(backup_id, f, reader)
+            except CheckFailed:
                 if listing is not None:
                     listing.kill()
                     listing.wait()
-                raise CheckFailed(
-                    f"backup {backup_id}: checksum check failed for {f.key}: expected sha256 {f.sha256} "
-                    f"({f.size} bytes), stored object has {reader.sha256.hexdigest()} ({reader.size} bytes)"
-                )
+                raise
             if listing is not None:
                 if listing.stdin is not None:
                     listing.stdin.close()
@@ -375,6 +375,15 @@ def verify_stored(storage: Storage, prefix: str, files: list[StoredFile], backup
     if toc is None:
         raise CheckFailed(f"backup {backup_id}: no table of contents found")
     return toc
+
+
+def check_checksum(backup_id: str, expected: StoredFile, read: HashingReader) -> None:
+    """The bytes read back are the bytes written: same sha256, same size."""
+    if read.sha256.hexdigest() != expected.sha256 or read.size != expected.size:
+        raise CheckFailed(
+            f"backup {backup_id}: checksum check failed for {expected.key}: expected sha256 {expected.sha256} "
+            f"({expected.size} bytes), stored object has {read.sha256.hexdigest()} ({read.size} bytes)"
+        )
 
 
 def _toc_lines(text: str) -> list[str]:
@@ -400,11 +409,7 @@ def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[P
             with open(local, "wb") as fh:
                 for chunk in reader:
                     fh.write(chunk)
-        if reader.sha256.hexdigest() != f.sha256 or reader.size != f.size:
-            raise CheckFailed(
-                f"backup {manifest.backup_id}: checksum check failed for {f.key}: expected sha256 {f.sha256} "
-                f"({f.size} bytes), got {reader.sha256.hexdigest()} ({reader.size} bytes)"
-            )
+        check_checksum(manifest.backup_id, f, reader)
     first = storage.local_path(prefix + manifest.files[0].key)
     if manifest.format == "custom":
         path = first if first is not None else workdir / CUSTOM_FILE
@@ -420,6 +425,12 @@ def restore_list(path: Path, server_major: int | None = None) -> list[str]:
     if proc.returncode != 0:
         raise CheckFailed(f"pg_restore --list failed: {scrub(proc.stderr.strip())[-1000:]}")
     return _toc_lines(proc.stdout)
+
+
+def tables_missing(row_counts: dict[str, int], toc: list[str]) -> list[str]:
+    """Tables that had rows when the snapshot was taken but have no data in the archive."""
+    present = tables_in_toc(toc)
+    return sorted(t for t, n in row_counts.items() if n and t not in present)
 
 
 def tables_in_toc(toc: list[str]) -> set[str]:

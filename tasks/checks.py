@@ -1,10 +1,10 @@
-"""Verdicts of a restore test, as plain functions: figures in, a pass or fail with its reason out."""
+"""Verdicts of a restore test and of smoke queries, as plain functions: figures in, a pass or
+fail with its reason out."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from tasks.config import SmokeQuery
@@ -71,7 +71,38 @@ def _fmt(d: timedelta) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s"
 
 
-def scratch_name(dbname: str, at: datetime, run_id: str) -> str:
-    """A unique, recognisable scratch database name within PostgreSQL's 63 bytes."""
-    suffix = re.sub(r"[^a-z0-9]", "", run_id.lower())[:8] or "manual"
-    return f"rt_{dbname[:30]}_{at:%Y%m%d%H%M%S}_{suffix}".lower()
+def failures(results: list[Check]) -> str | None:
+    """The failed checks in one line, None when all passed."""
+    failed = [c for c in results if not c.passed]
+    return "; ".join(f"{c.name}: {c.detail}" for c in failed) if failed else None
+
+
+def about_backup(backup_id: str | None, message: str) -> str:
+    """An error message that names the backup it is about, once."""
+    if backup_id is None or message.startswith(f"backup {backup_id}"):
+        return message
+    return f"backup {backup_id}: {message}"
+
+
+def restore_test_failure(backup_id: str | None, results: list[Check], error: str | None) -> str | None:
+    """Why a restore test failed, naming the backup; None when it passed."""
+    what = error or failures(results)
+    if what is None:
+        return None
+    return what if what.startswith("backup ") else f"backup {backup_id or '?'}: {what}"
+
+
+def recovery(swapped: bool, original_oid: int | None, live_oid: int | None, previous_left: bool,
+             replicas_before: dict[str, int], replicas_now: dict[str, int], healthy: bool) -> dict[str, Any]:
+    """After a failed restore that touched production: is production back as it was? The
+    original database carries its name again (a rename keeps the oid), the apps run their
+    replicas from before, and they answer healthy."""
+    original_live = live_oid is not None and live_oid == original_oid
+    return {
+        "swap": ("swapped back" if original_live else "NOT swapped back") if swapped else "none happened",
+        "original database live": original_live,
+        "previous copy left": previous_left,
+        "replicas restored": all(replicas_now.get(s) == n for s, n in replicas_before.items()),
+        "replicas": replicas_now,
+        "healthy": healthy,
+    }

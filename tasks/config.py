@@ -204,7 +204,7 @@ class MigrationsConfig(Model):
 
 class DatabaseConfig(Model):
     dsn: SecretRef = Field(description="Connection string of the server (libpq URI or key=value)")
-    dbname: str | None = Field(None, description="Database name on the server; default: the entry's key")
+    dbname: str = Field("", description="Database name on the server; default: the entry's key")
     storage: StorageConfig
     format: Literal["custom", "directory"] = Field("custom", description="pg_dump format")
     jobs: int = Field(2, ge=1, le=64, description="Parallel jobs for pg_dump -Fd and pg_restore")
@@ -225,8 +225,8 @@ class DatabaseConfig(Model):
 
     @field_validator("dbname")
     @classmethod
-    def _dbname(cls, v: str | None) -> str | None:
-        if v is not None and not DBNAME_RE.match(v):
+    def _dbname(cls, v: str) -> str:
+        if v and not DBNAME_RE.match(v):
             raise ValueError("a database name: letters, digits and _, starting with a letter or _")
         return v
 
@@ -243,6 +243,23 @@ IMAGE_RE = re.compile(
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
 )
 K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+STRATEGIES = ("rolling", "blue-green")
+
+
+def validate_image(image: Any, svc: ServiceConfig) -> str:
+    """An image reference with a tag or digest, from the service's repository if it has one."""
+    if not isinstance(image, str):  # `--param image=20240101` arrives as an int
+        raise ConfigError(f"image {image!r} must be a string like 'registry/app:v1.2.3' (got {type(image).__name__}); "
+                          "quote it, or use deployments/ci/trigger.py")
+    m = IMAGE_RE.match(image)
+    if not m or not (m.group("tag") or m.group("digest")):
+        raise ConfigError(f"image {image!r} is not an image reference with a tag or digest, "
+                          "like 'registry.example.com/team/app:v1.2.3' or 'app@sha256:<64 hex>'")
+    repo = "/".join(p for p in (m.group("registry"), m.group("repo")) if p)
+    if svc.image_repository and repo != svc.image_repository:
+        raise ConfigError(f"image {image!r} is not from repository {svc.image_repository!r}, "
+                          f"the only one allowed for deployment {svc.deployment!r}")
+    return image
 
 
 class KubernetesConfig(Model):
@@ -282,9 +299,15 @@ class HttpCheck(Model):
 
 
 class BlueGreenConfig(Model):
-    service: str = Field(description="The live Service whose selector is switched")
+    """Two Deployments, `<deployment>-blue` and `<deployment>-green`, told apart by the label
+    `colour`. Traffic moves by the live Service's selector, or with `ingress` by the Ingress's
+    backend, from Service `<service>-<live colour>` to `<service>-<new colour>`."""
+
+    service: str = Field(description="The live Service whose selector is switched; with `ingress`, the "
+                                     "prefix of the colour Services `<service>-blue` and `<service>-green`")
     preview_service: str | None = Field(None, description="A Service that always selects the new colour")
-    ingress: str | None = Field(None, description="Switch this Ingress's backend instead of the live selector")
+    ingress: str | None = Field(None, description="Switch this Ingress's backend between the colour Services "
+                                                  "instead of the live Service's selector")
     preview_health_urls: list[str] = Field(default_factory=list, description="Health URLs answered by the preview")
     preview_metrics_url: str | None = None
     preview_analysis: AnalysisConfig | None = Field(None, description="Pre-promotion analysis; default: `analysis`")
@@ -295,11 +318,12 @@ class ServiceConfig(Model):
     namespace: str = Field(description="Kubernetes namespace")
     deployment: str = Field(description="Deployment name")
     container: str = Field(description="The container whose image a deploy changes")
-    strategy: Literal["rolling", "blue-green"] = Field("rolling", description="Default deploy strategy")
+    strategy: Literal["rolling", "blue-green"] = Field("rolling", description="Default deploy strategy")  # STRATEGIES
     image_repository: str | None = Field(None, description="If set, deploys must use an image from this repository")
     rollout_timeout: Duration = Field(timedelta(minutes=10), description="Upper bound on waiting for a rollout")
     health_urls: list[str] = Field(default_factory=list, description="URLs that must answer 2xx")
     metrics_url: str | None = Field(None, description="JSON metrics: requests, errors, latency_ms p95")
+    http_timeout: Duration = Field(timedelta(seconds=5), description="Timeout of each health and metrics request")
     url: str | None = Field(None, description="Link to the service, for reports")
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     smoke_checks: list[HttpCheck] = Field(default_factory=list)
@@ -398,10 +422,11 @@ class EnvironmentConfig(Model):
     @field_validator("databases")
     @classmethod
     def _db_keys(cls, v: dict[str, DatabaseConfig]) -> dict[str, DatabaseConfig]:
+        """The one place the database's name on its server defaults to its key."""
         for key, db in v.items():
-            if db.dbname is None and not DBNAME_RE.match(key):
+            if not db.dbname and not DBNAME_RE.match(key):
                 raise ValueError(f"database key {key!r} is not a valid database name; set 'dbname'")
-        return v
+        return {key: db if db.dbname else db.model_copy(update={"dbname": key}) for key, db in v.items()}
 
     def database(self, name: str) -> DatabaseConfig:
         try:
@@ -416,6 +441,16 @@ class EnvironmentConfig(Model):
         except KeyError:
             known = ", ".join(sorted(self.services)) or "(none)"
             raise ConfigError(f"service {name!r} is not in environment {self.name!r}; known: {known}") from None
+
+    def deploy_strategy(self, service: str, requested: str) -> str:
+        """The strategy a deploy uses: the one asked for, or the service's own."""
+        svc = self.service(service)
+        if requested == FROM_CONFIG:
+            return svc.strategy
+        strategy = check_choice("strategy", requested, STRATEGIES, "a deploy strategy")
+        if strategy == "blue-green" and svc.blue_green is None:
+            raise ConfigError(f"strategy 'blue-green' needs services.{service}.blue_green in {self.name}")
+        return strategy
 
     def database_of(self, service: str) -> str:
         """The one database whose `apps` lists the service."""
@@ -453,6 +488,47 @@ def _check_timezone(v: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("an IANA timezone like 'UTC', 'Europe/London' or 'Asia/Kolkata'") from None
     return v
+
+
+# --- flow parameters: checked before any side effect ------------------------------------
+
+FROM_CONFIG = "from config"  # a form's choice meaning "what the environment's config says"
+REPLICAS_MAX = 1000
+# An HPA's CPU target is a share of the pods' CPU requests, so 150% is a legitimate target.
+CPU_PERCENT_MAX = 1000
+
+
+def check_choice(field: str, value: Any, allowed: tuple[str, ...], what: str = "allowed") -> str:
+    """A parameter that must be one of a few words (a form's dropdown, or a direct call)."""
+    if value not in allowed:
+        raise ConfigError(f"{field} {value!r} is not {what}; allowed: {', '.join(allowed)}")
+    return str(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_replicas(replicas: Any) -> int:
+    if not _whole(replicas) or not 0 <= replicas <= REPLICAS_MAX:
+        raise ConfigError(f"replicas {replicas!r} must be a whole number from 0 to {REPLICAS_MAX}")
+    return int(replicas)
+
+
+def check_autoscaler(min_replicas: Any, max_replicas: Any, cpu_percent: Any) -> None:
+    """`kubectl autoscale --min --max --cpu-percent`, the one rule for the flow and the task."""
+    if not (_whole(min_replicas) and _whole(max_replicas) and 1 <= min_replicas <= max_replicas <= REPLICAS_MAX):
+        raise ConfigError(f"min {min_replicas!r} and max {max_replicas!r} must satisfy "
+                          f"1 <= min <= max <= {REPLICAS_MAX}")
+    if not _whole(cpu_percent) or not 1 <= cpu_percent <= CPU_PERCENT_MAX:
+        raise ConfigError(f"cpu_percent {cpu_percent!r} must be from 1 to {CPU_PERCENT_MAX} "
+                          "(a percentage of the pods' CPU requests)")
+
+
+def check_revision(to_revision: Any) -> int | None:
+    if to_revision is not None and (not _whole(to_revision) or to_revision < 1):
+        raise ConfigError(f"to_revision {to_revision!r} must be a revision number >= 1, or empty for the previous one")
+    return to_revision
 
 
 # --- loading ---------------------------------------------------------------------------

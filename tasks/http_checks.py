@@ -8,14 +8,27 @@ rollback do not linger in a window.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 
+from tasks import analysis
 from tasks.analysis import Measurement
 from tasks.checks import Check
 from tasks.config import HttpCheck
+
+POLL_SECONDS = 0.25  # between two health probes while waiting for a service
+
+
+@contextmanager
+def client(timeout: timedelta) -> Iterator[httpx.Client]:
+    """The HTTP client for a service's health, metrics and smoke URLs (`http_timeout`)."""
+    with httpx.Client(timeout=timeout.total_seconds()) as c:
+        yield c
 
 
 @dataclass(frozen=True)
@@ -78,7 +91,7 @@ def smoke_check(client: httpx.Client, check: HttpCheck) -> Check:
     return Check(name, True, f"{check.url} answered {resp.status_code}")
 
 
-def wait_healthy(client: httpx.Client, urls: list[str], timeout_s: float, poll_s: float = 0.25) -> float | None:
+def wait_healthy(client: httpx.Client, urls: list[str], timeout_s: float, poll_s: float = POLL_SECONDS) -> float | None:
     """Seconds until every health URL answers 2xx, or None if it never did in time."""
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
@@ -86,3 +99,23 @@ def wait_healthy(client: httpx.Client, urls: list[str], timeout_s: float, poll_s
             return time.monotonic() - start
         time.sleep(poll_s)
     return None
+
+
+def run_analysis(client: httpx.Client, spec: analysis.AnalysisSpec, health_urls: list[str],
+                 metrics_url: str | None, label: str) -> dict[str, Any]:
+    """Measure every interval until the analysis decides (Successful, Failed, Inconclusive
+    or Error), looping on `analysis.next_due` as Argo Rollouts does. Returns the verdict,
+    its reasons, one row per measurement, and when the first failed measurement was taken."""
+    measurements: list[Measurement] = []
+    started_wall, started = time.time(), time.monotonic()
+    _, sample = measure(client, [], metrics_url, None, 0.0)  # baseline counters
+    while (due := analysis.next_due(measurements, spec)) is not None:
+        due = max(due, spec.interval_seconds)  # the first measurement needs an interval of traffic
+        time.sleep(max(0.0, due - (time.monotonic() - started)))
+        m, sample = measure(client, health_urls, metrics_url, sample, time.monotonic() - started)
+        measurements.append(m)
+    result = analysis.judge_run(measurements, spec)
+    first_failed = None if result.first_failure_at is None else started_wall + result.first_failure_at
+    return {"label": label, "phase": result.phase, "reasons": list(result.reasons),
+            "rows": result.rows(measurements, spec), "first_failure_wall": first_failed,
+            "seconds": round(time.monotonic() - started, 3)}

@@ -1,6 +1,6 @@
 """Kubernetes: what `kubectl set image / rollout status / rollout undo / scale / rollout
-restart / autoscale` do, through the official Python client, plus blue-green helpers and
-one-off Jobs.
+restart / autoscale` do, through the official Python client, plus blue-green (colour
+Deployments, the live Service's selector or an Ingress's backend) and one-off Jobs.
 
 Every function takes an `ApiClient` from `api_client(cfg)` and returns plain dicts (the
 API's JSON). The decisions (is the rollout done, which revision does undo go back to)
@@ -42,7 +42,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from tasks import rollout
-from tasks.config import K8S_NAME_RE, KubernetesConfig
+from tasks.config import K8S_NAME_RE, KubernetesConfig, ServiceConfig, check_autoscaler, check_replicas
 from tasks.errors import CheckFailed, ConfigError, PermanentError, RunbookError, TransientError
 from tasks.rollout import RolloutStatus
 
@@ -52,7 +52,6 @@ REQUEST_TIMEOUT = (10.0, 60.0)
 # Re-reads after a 409 conflict on a read-modify-replace before giving up as transient.
 CONFLICT_ATTEMPTS = 5
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-COLOUR_LABEL = "colour"
 JOB_CONTAINER = "job"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "runbook-flows"}
 # A Job's activeDeadlineSeconds is our timeout plus this: the cluster stops it only if this
@@ -61,6 +60,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "runbook-flows"}
 JOB_DEADLINE_GRACE_S = 30
 # Shown in a CheckFailed message; the rest are counted.
 FAILURES_SHOWN = 5
+# Between two reads of an object being waited on (a rollout, a scale to 0, a Job).
+POLL_SECONDS = 0.5
 
 T = TypeVar("T")
 Obj = dict[str, Any]
@@ -220,11 +221,6 @@ def _controlled_pods(api: client.ApiClient, namespace: str, owner: Mapping[str, 
     return rollout.controlled_by([_plain(api, p) for p in listed.items], owner["metadata"]["uid"])
 
 
-def rollout_pod_failures(api: client.ApiClient, namespace: str, name: str) -> list[str]:
-    """Why the pods of the Deployment's new ReplicaSet are not ready (`rollout.pod_failures`)."""
-    return _new_pod_failures(api, namespace, read_deployment(api, namespace, name))
-
-
 def _new_pod_failures(api: client.ApiClient, namespace: str, dep: Mapping[str, Any]) -> list[str]:
     new_rs = rollout.new_replica_set(dep, _controlled_replica_sets(api, namespace, dep))
     if new_rs is None:
@@ -307,7 +303,7 @@ def wait_for_rollout(
     namespace: str,
     name: str,
     timeout_s: float,
-    poll_s: float = 0.5,
+    poll_s: float = POLL_SECONDS,
     on_poll: Callable[[RolloutStatus], None] | None = None,
 ) -> RolloutStatus:
     """`kubectl rollout status`: poll until the rollout is done. Raises CheckFailed when the
@@ -368,8 +364,7 @@ def undo_rollout(
 def scale(api: client.ApiClient, namespace: str, name: str, replicas: int) -> int:
     """`kubectl scale --replicas`: through the scale subresource. Returns the replicas
     before, read in the same step as the change."""
-    if replicas < 0:
-        raise ConfigError(f"replicas must be 0 or more, got {replicas}")
+    check_replicas(replicas)
     apps = client.AppsV1Api(api)
 
     def step() -> int:
@@ -382,6 +377,18 @@ def scale(api: client.ApiClient, namespace: str, name: str, replicas: int) -> in
 
     with _calling("scale", "Deployment", namespace, name):
         return _retrying_conflicts(step)
+
+
+def wait_scaled_down(
+    api: client.ApiClient, namespace: str, name: str, timeout_s: float, poll_s: float = POLL_SECONDS
+) -> None:
+    """Until the Deployment, scaled to 0, has no pod left (`rollout.scaled_down`)."""
+    deadline = time.monotonic() + timeout_s
+    while not rollout.scaled_down(read_deployment(api, namespace, name)):
+        if time.monotonic() > deadline:
+            raise CheckFailed(f"Deployment {name!r} in namespace {namespace!r} still has pods "
+                              f"{timeout_s:g}s after scaling to 0")
+        time.sleep(poll_s)
 
 
 def restart(api: client.ApiClient, namespace: str, name: str) -> str:
@@ -408,10 +415,7 @@ def set_autoscaler(
 ) -> Obj:
     """`kubectl autoscale`: an autoscaling/v2 HorizontalPodAutoscaler named like the
     Deployment, targeting its average CPU utilisation; created, or replaced if it exists."""
-    if not 1 <= min_replicas <= max_replicas:
-        raise ConfigError(f"autoscaler needs 1 <= min <= max, got min {min_replicas}, max {max_replicas}")
-    if not 1 <= cpu_percent <= 1000:
-        raise ConfigError(f"autoscaler CPU target is a percentage of requests, 1-1000, got {cpu_percent}")
+    check_autoscaler(min_replicas, max_replicas, cpu_percent)
     read_deployment(api, namespace, name)  # an autoscaler for a missing Deployment is a typo
     spec = {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
@@ -472,9 +476,9 @@ def _colour_copy(
     spec["replicas"] = replicas
     spec.pop("paused", None)
     spec["selector"] = copy.deepcopy(spec.get("selector") or {})
-    spec["selector"]["matchLabels"] = {**(spec["selector"].get("matchLabels") or {}), COLOUR_LABEL: colour}
+    spec["selector"]["matchLabels"] = {**(spec["selector"].get("matchLabels") or {}), rollout.COLOUR_LABEL: colour}
     meta = spec["template"].setdefault("metadata", {})
-    meta["labels"] = {**(meta.get("labels") or {}), COLOUR_LABEL: colour}
+    meta["labels"] = {**(meta.get("labels") or {}), rollout.COLOUR_LABEL: colour}
     _container(spec["template"], container, _describe(base))["image"] = image
     base_meta = base["metadata"]
     annotations = {
@@ -485,7 +489,7 @@ def _colour_copy(
     metadata: Obj = {
         "name": name,
         "namespace": base_meta["namespace"],
-        "labels": {**(base_meta.get("labels") or {}), COLOUR_LABEL: colour},
+        "labels": {**(base_meta.get("labels") or {}), rollout.COLOUR_LABEL: colour},
     }
     if annotations:
         metadata["annotations"] = annotations
@@ -538,7 +542,7 @@ def ensure_colour_deployment(
             )
         current["spec"]["template"] = desired["spec"]["template"]
         current["spec"]["replicas"] = replicas
-        current["metadata"]["labels"] = {**(current["metadata"].get("labels") or {}), COLOUR_LABEL: colour}
+        current["metadata"]["labels"] = {**(current["metadata"].get("labels") or {}), rollout.COLOUR_LABEL: colour}
         current.pop("status", None)
         return _plain(
             api,
@@ -550,7 +554,7 @@ def ensure_colour_deployment(
 
 
 def wait_available(
-    api: client.ApiClient, namespace: str, name: str, timeout_s: float, poll_s: float = 0.5
+    api: client.ApiClient, namespace: str, name: str, timeout_s: float, poll_s: float = POLL_SECONDS
 ) -> Obj:
     """Wait until every replica of the Deployment's current template is available (the
     rule of `wait_for_rollout`); returns the Deployment. Raises CheckFailed like it."""
@@ -585,6 +589,132 @@ def set_service_selector(
 
     with _calling("switch the selector of", "Service", namespace, service):
         return {"previous": _retrying_conflicts(step)}
+
+
+def live_deployment(api: client.ApiClient, svc: ServiceConfig) -> str:
+    """The Deployment serving the service's traffic: its own, or for blue-green the colour
+    that the live Service selects, or that the Ingress routes to (`<deployment>-<colour>`)."""
+    bg = svc.blue_green
+    if bg is None:
+        return svc.deployment
+    if bg.ingress:
+        backend = ingress_backend(api, svc.namespace, bg.ingress)
+        colour = rollout.colour_of(bg.service, backend)
+        if not colour:
+            raise ConfigError(f"Ingress {bg.ingress!r} in {svc.namespace!r} routes to Service {backend!r}, "
+                              f"not to a colour Service '{bg.service}-<colour>': blue-green needs one")
+    else:
+        colour = rollout.selected_colour(service_selector(api, svc.namespace, bg.service))
+        if not colour:
+            raise ConfigError(f"Service {bg.service!r} in {svc.namespace!r} selects no "
+                              f"'{rollout.COLOUR_LABEL}' label: blue-green needs one")
+    return rollout.colour_name(svc.deployment, colour)
+
+
+def read_ingress(api: client.ApiClient, namespace: str, name: str) -> Obj:
+    with _calling("read", "Ingress", namespace, name):
+        ing = client.NetworkingV1Api(api).read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    return _plain(api, ing)
+
+
+def ingress_backend(api: client.ApiClient, namespace: str, name: str) -> str:
+    """The Service the Ingress routes to (`rollout.ingress_backend`)."""
+    backend = rollout.ingress_backend(read_ingress(api, namespace, name))
+    if backend is None:
+        raise ConfigError(f"Ingress {name!r} in namespace {namespace!r} has no service backend")
+    return backend
+
+
+def set_ingress_backend(api: client.ApiClient, namespace: str, name: str, service: str) -> dict[str, Any]:
+    """`kubectl apply -f ingress-green.yaml`: every backend of the Ingress that names the
+    Service it routes to now names `service` instead. Returns `{"previous": <that Service>}`,
+    read in the same step."""
+    net = client.NetworkingV1Api(api)
+
+    def step() -> str:
+        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        previous = rollout.ingress_backend(ing)
+        if previous is None:
+            raise ConfigError(f"Ingress {name!r} in namespace {namespace!r} has no service backend")
+        switched = rollout.with_backend(ing, previous, service)
+        switched.pop("status", None)
+        net.replace_namespaced_ingress(name, namespace, switched, _request_timeout=REQUEST_TIMEOUT)
+        return previous
+
+    with _calling("switch the backend of", "Ingress", namespace, name):
+        return {"previous": _retrying_conflicts(step)}
+
+
+def ensure_colour_service(api: client.ApiClient, namespace: str, base: str, colour: str, like: str) -> Obj:
+    """The Service `<base>-<colour>` that an Ingress switches to: created, when missing, as a
+    copy of Service `like` (the live colour's) selecting `colour` (`kubectl apply -f
+    kubernetes/green/`). An existing one is left as it is, unless it selects another colour."""
+    name = rollout.colour_name(base, colour)
+    core = client.CoreV1Api(api)
+    with _calling("read", "Service", namespace, name):
+        try:
+            existing = _plain(api, core.read_namespaced_service(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as exc:
+            if not _is_not_found(exc):
+                raise
+            existing = None
+    if existing is not None:
+        selected = rollout.selected_colour((existing.get("spec") or {}).get("selector") or {})
+        if selected != colour:
+            raise PermanentError(f"Service {name!r} in namespace {namespace!r} selects colour {selected!r}, "
+                                 f"not {colour!r}: fix its selector or delete it")
+        return existing
+    with _calling("read", "Service", namespace, like):
+        template = _plain(api, core.read_namespaced_service(like, namespace, _request_timeout=REQUEST_TIMEOUT))
+    spec = template.get("spec") or {}
+    body = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {**((template.get("metadata") or {}).get("labels") or {}), **MANAGED_BY}},
+        "spec": {"selector": {**(spec.get("selector") or {}), rollout.COLOUR_LABEL: colour},
+                 "ports": spec.get("ports") or [], "type": spec.get("type") or "ClusterIP"},
+    }
+    with _calling("create", "Service", namespace, name):
+        return _plain(api, core.create_namespaced_service(namespace, body, _request_timeout=REQUEST_TIMEOUT))
+
+
+def _live_selector(api: client.ApiClient, svc: ServiceConfig, live: str) -> dict[str, str]:
+    """The selector of the Service that serves the live colour."""
+    bg = svc.blue_green
+    assert bg is not None
+    name = rollout.colour_name(bg.service, live) if bg.ingress else bg.service
+    return service_selector(api, svc.namespace, name)
+
+
+def point_preview(api: client.ApiClient, svc: ServiceConfig, colour: str, live: str) -> dict[str, Any]:
+    """The preview Service selects the new colour, for the pre-promotion analysis."""
+    bg = svc.blue_green
+    assert bg is not None and bg.preview_service is not None
+    selector = {**_live_selector(api, svc, live), rollout.COLOUR_LABEL: colour}
+    return set_service_selector(api, svc.namespace, bg.preview_service, selector)
+
+
+def route_to_colour(api: client.ApiClient, svc: ServiceConfig, colour: str, live: str) -> dict[str, Any]:
+    """Send the service's traffic to `colour`: the live Service selects it, or the Ingress
+    routes to its Service (made from the live colour's when missing). Returns
+    `{"previous": <the selector, or the Ingress's Service, before>}` for `route_back`."""
+    bg = svc.blue_green
+    assert bg is not None
+    if bg.ingress:
+        ensure_colour_service(api, svc.namespace, bg.service, colour, like=rollout.colour_name(bg.service, live))
+        return set_ingress_backend(api, svc.namespace, bg.ingress, rollout.colour_name(bg.service, colour))
+    selector = {**_live_selector(api, svc, live), rollout.COLOUR_LABEL: colour}
+    return set_service_selector(api, svc.namespace, bg.service, selector)
+
+
+def route_back(api: client.ApiClient, svc: ServiceConfig, previous: Any) -> None:
+    """Undo of `route_to_colour`: traffic goes where it went before."""
+    bg = svc.blue_green
+    assert bg is not None
+    if bg.ingress:
+        set_ingress_backend(api, svc.namespace, bg.ingress, previous)
+    else:
+        set_service_selector(api, svc.namespace, bg.service, previous)
 
 
 # --- Jobs ------------------------------------------------------------------------------------------
@@ -635,7 +765,7 @@ def run_job(
     image: str,
     command: list[str],
     timeout_s: float,
-    poll_s: float = 0.5,
+    poll_s: float = POLL_SECONDS,
 ) -> JobResult:
     """Run `command` in `image` once as a Job (no retries: backoffLimit 0), wait until it is
     Complete or Failed, and return its pod's exit code and log. The Job is deleted

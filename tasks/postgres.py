@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from tasks.config import DatabaseConfig
 from tasks.errors import CheckFailed, ConfigError, PermanentError, TransientError
 from tasks.redact import scrub
 
@@ -79,6 +80,14 @@ class Server:
             if key in _LIBPQ_ENV:
                 env[_LIBPQ_ENV[key]] = value
         return env
+
+
+def server_for(db: DatabaseConfig, *, scratch: bool = False) -> Server:
+    """The server a database lives on, its DSN resolved now: once per task, so a rotated
+    password is picked up by the next step. With `scratch`, the server its scratch restores
+    go to: `restore_test.dsn` if set, else its own."""
+    ref = (db.restore_test.dsn or db.dsn) if scratch else db.dsn
+    return Server.from_dsn(ref.resolve())
 
 
 def classify(exc: BaseException) -> BaseException:
@@ -261,18 +270,7 @@ def exported_snapshot(server: Server, dbname: str) -> Iterator[Snapshot]:
         conn.rollback()
 
 
-# --- tools ------------------------------------------------------------------------------------
-
-
-def run_tool(args: list[str], server: Server, dbname: str, what: str, timeout: float | None = None) -> str:
-    """Run a client tool to completion; raise with its (scrubbed) stderr on failure."""
-    proc = subprocess.run(args, env=server.env(dbname), capture_output=True, text=True, check=False, timeout=timeout)
-    if proc.returncode != 0:
-        err = scrub(proc.stderr.strip())[-2000:]
-        if proc.returncode < 0:
-            raise PermanentError(f"{what} was killed by signal {-proc.returncode}: {err}")
-        raise PermanentError(f"{what} failed (exit {proc.returncode}): {err}")
-    return proc.stdout
+# --- databases ---------------------------------------------------------------------------------
 
 
 def create_database(server: Server, name: str, like: str | None = None) -> None:

@@ -1,40 +1,21 @@
-"""Prefect as an outside system: artifacts, events and global concurrency limits.
+"""Prefect as an outside system: artifacts, events, run tags and global concurrency limits.
 
-Artifact keys must match ^[a-z0-9-]*$; `artifact_key()` makes them so. Concurrency
+Artifact keys must match ^[a-z0-9-]*$; `naming.artifact_key()` makes them so. Concurrency
 limits are created when missing, because `concurrency(..., strict=True)` fails on a
 missing limit and a non-strict one silently does nothing.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from tasks.naming import run_tags
 from tasks.redact import scrub
-
-
-def artifact_key(*parts: str) -> str:
-    key = "-".join(re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts if p)
-    return re.sub(r"-{2,}", "-", key)[:100].strip("-")
-
-
-def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    if not rows:
-        return "_(none)_\n"
-    cols = list(columns or rows[0].keys())
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        out.append("| " + " | ".join(_cell(row.get(c, "")) for c in cols) + " |")
-    return "\n".join(out) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def publish_report(key: str, markdown: str, description: str) -> None:
@@ -92,3 +73,15 @@ def holding(limits: dict[str, int], timeout_seconds: float) -> Iterator[None]:
         ensure_concurrency_limit(name, size)
     with concurrency(list(limits), occupy=1, timeout_seconds=timeout_seconds, strict=True):
         yield
+
+
+def tag_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_running` hook of every runbook: tag the run with its runbook and environment
+    (`naming.run_tags`), so that the runs list filters by them also when the flow was
+    called directly rather than through a deployment, whose tags a run inherits."""
+    from prefect.client.orchestration import get_client
+
+    tags = sorted(set(flow_run.tags or []) | set(run_tags(flow.name, flow_run.parameters or {})))
+    if tags != sorted(flow_run.tags or []):
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, tags=tags)

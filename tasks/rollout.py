@@ -11,6 +11,10 @@ No I/O: `tasks.kubernetes` reads the objects, calls these and acts on the answer
 - `pod_failures`: why pods are not ready, in words for a report.
 - `label_selector`, `controlled_by`, `new_replica_set`, `same_template`: the small pieces
   the above need to find a Deployment's ReplicaSets and pods.
+- `scaled_down`: a Deployment scaled to 0 has no pod left.
+- Blue-green: which colour is live (from the live Service's selector, or the Service an
+  Ingress routes to), which colour a deploy fills (`other_colour`), and the Ingress with its
+  backend switched (`ingress_backend`, `with_backend`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tasks.errors import PermanentError
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 TIMED_OUT = "ProgressDeadlineExceeded"
+COLOUR_LABEL = "colour"
 
 # Deployment annotations kubectl's undo neither copies from the ReplicaSet nor drops from
 # the Deployment (annotationsToSkip in kubectl rollback.go).
@@ -333,3 +338,66 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
                 found.append(f"not ready (phase {status.get('phase') or 'unknown'})")
         lines.extend(prefix + f for f in found)
     return lines
+
+
+# --- scaling to 0 ------------------------------------------------------------------------
+
+
+def scaled_down(dep: Obj) -> bool:
+    """The Deployment's controller has seen replicas 0 and counts no pod left. kubectl's
+    rollout-status rules call a scale-down done before that; pods already shutting down
+    are not counted, so their sessions are terminated next."""
+    generation = (dep.get("metadata") or {}).get("generation") or 0
+    status = dep.get("status") or {}
+    return ((dep.get("spec") or {}).get("replicas") == 0 and generation <= (status.get("observedGeneration") or 0)
+            and not status.get("replicas"))
+
+
+# --- blue-green ------------------------------------------------------------------------------
+
+
+def other_colour(live: str) -> str:
+    """The colour a blue-green deploy fills with the new image: the idle one."""
+    return "green" if live == "blue" else "blue"
+
+
+def colour_name(base: str, colour: str) -> str:
+    """`<base>-<colour>`: a colour's Deployment, or its Service when an Ingress switches."""
+    return f"{base}-{colour}"
+
+
+def selected_colour(selector: Mapping[str, str]) -> str | None:
+    """The colour a live Service's selector picks, None if it picks by no colour."""
+    return selector.get(COLOUR_LABEL) or None
+
+
+def colour_of(base: str, name: str) -> str | None:
+    """The colour in a name `<base>-<colour>` (a colour's Deployment or Service), None for
+    a name of another shape."""
+    colour = name.removeprefix(f"{base}-")
+    return colour if colour != name and colour else None
+
+
+def _backends(ingress: Obj) -> list[dict[str, Any]]:
+    """Every service backend of an Ingress, in order: the default, then each rule's paths."""
+    spec = ingress.get("spec") or {}
+    found = [spec["defaultBackend"]] if spec.get("defaultBackend") else []
+    for rule in spec.get("rules") or []:
+        found += [p["backend"] for p in ((rule.get("http") or {}).get("paths") or []) if p.get("backend")]
+    return [b for b in found if (b.get("service") or {}).get("name")]
+
+
+def ingress_backend(ingress: Obj) -> str | None:
+    """The Service an Ingress routes to: its default backend's, else its first path's."""
+    backends = _backends(ingress)
+    return backends[0]["service"]["name"] if backends else None
+
+
+def with_backend(ingress: Obj, old: str, new: str) -> dict[str, Any]:
+    """The Ingress with every backend that names Service `old` naming `new` instead, as
+    `kubectl apply -f ingress-green.yaml` would leave it. Ports and other backends are kept."""
+    switched = copy.deepcopy(dict(ingress))
+    for backend in _backends(switched):
+        if backend["service"]["name"] == old:
+            backend["service"]["name"] = new
+    return switched

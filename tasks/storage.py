@@ -18,6 +18,7 @@ import os
 import queue
 import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,10 +55,37 @@ class Storage(Protocol):
 
 
 def open_storage(cfg: StorageConfig) -> Storage:
+    """The storage behind `cfg`: one client per flow run and storage config, shared by the
+    run's tasks (boto3 clients are thread-safe), so a backup makes one S3 client rather
+    than one per step. A new run resolves the credentials again."""
+    key = (_run_key(), cfg)
+    with _open_lock:
+        storage = _open.pop(key, None) or _new_storage(cfg)
+        _open[key] = storage  # most recently used last
+        while len(_open) > OPEN_MAX:
+            _open.popitem(last=False)
+    return storage
+
+
+def _new_storage(cfg: StorageConfig) -> Storage:
     parsed = urlparse(cfg.url)
     if parsed.scheme == "file":
         return FileStorage(cfg.url, Path(parsed.path))
     return S3Storage(cfg)
+
+
+def _run_key() -> str:
+    """The flow run whose tasks share a client; '' outside a run."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else ""
+
+
+# Clients of the runs in progress in this process (a serve process runs many at once).
+OPEN_MAX = 32
+_open: OrderedDict[tuple[str, StorageConfig], Storage] = OrderedDict()
+_open_lock = threading.Lock()
 
 
 # --- JSON helpers ------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_a_closed_port_does_not_answer_and_a_listening_one_does() -> None:
 def test_is_transient_retries_only_transient_errors() -> None:
     from prefect.states import Failed
 
-    from flows.backup import is_transient
+    from tasks.retries import is_transient
 
     def state(exc: Exception) -> Any:
         return Failed(data=exc)

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client, config
 
@@ -191,6 +192,25 @@ def web_on_blue(apps: Any, sandbox: Any) -> None:
     wait_until(lambda: apps.read_namespaced_deployment("web-blue", NAMESPACE).status.available_replicas == 2)
 
 
+def health_only_preview(service: str) -> Any:
+    """The preview is judged on health alone, so an 8% error rate only shows once live."""
+
+    def edit(doc: dict[str, Any]) -> None:
+        bg = doc["services"][service]["blue_green"]
+        bg["preview_metrics_url"] = None
+        bg["preview_analysis"] = {"interval": "1s", "count": 2, "success": {"require_healthy": True},
+                                  "failure": {"require_healthy": True}}
+
+    return edit
+
+
+def assert_blue_untouched_and_green_down(apps: Any, service: str, blue_before: Any) -> None:
+    blue_after = apps.read_namespaced_deployment(f"{service}-blue", NAMESPACE)
+    assert blue_after.metadata.generation == blue_before.metadata.generation  # blue never touched
+    assert blue_after.spec.replicas == 2 and image_of(apps, f"{service}-blue", service) == GOOD_IMAGE
+    assert apps.read_namespaced_deployment(f"{service}-green", NAMESPACE).spec.replicas == 0
+
+
 def live_colour(apps: Any) -> str:
     return client.CoreV1Api(apps.api_client).read_namespaced_service("web", NAMESPACE).spec.selector["colour"]
 
@@ -209,22 +229,62 @@ def test_blue_green_succeeds_and_retires_blue(make_environment: Any, apps: Any, 
 def test_failing_post_promotion_analysis_switches_back_and_leaves_blue_untouched(
     make_environment: Any, apps: Any, web_on_blue: None
 ) -> None:
-    def health_only_preview(doc: dict[str, Any]) -> None:
-        # The preview is judged on health alone, so the 8% error rate only shows once live.
-        bg = doc["services"]["web"]["blue_green"]
-        bg["preview_metrics_url"] = None
-        bg["preview_analysis"] = {"interval": "1s", "count": 2, "success": {"require_healthy": True},
-                                  "failure": {"require_healthy": True}}
-
-    env = make_environment("bg-post-fails", health_only_preview)
+    env = make_environment("bg-post-fails", health_only_preview("web"))
     blue_before = apps.read_namespaced_deployment("web-blue", NAMESPACE)
     state = deploy(env, "web", "sandbox/app:v3-err8", return_state=True)
     assert state.is_failed() and "post-promotion" in state.message
     assert live_colour(apps) == "blue"
-    blue_after = apps.read_namespaced_deployment("web-blue", NAMESPACE)
-    assert blue_after.metadata.generation == blue_before.metadata.generation  # blue never touched
-    assert blue_after.spec.replicas == 2 and image_of(apps, "web-blue", "web") == GOOD_IMAGE
-    assert apps.read_namespaced_deployment("web-green", NAMESPACE).spec.replicas == 0
+    assert_blue_untouched_and_green_down(apps, "web", blue_before)
+
+
+# --- blue-green through an Ingress (SEV Fleet: kubectl apply -f kubernetes/ingress-green.yaml) ----------
+
+
+def ingress_backend(apps: Any) -> str:
+    ing = client.NetworkingV1Api(apps.api_client).read_namespaced_ingress("admin", NAMESPACE)
+    return ing.spec.rules[0].http.paths[0].backend.service.name
+
+
+@pytest.fixture
+def admin_on_blue(apps: Any, sandbox: Any) -> None:
+    """The Ingress routes to admin-blue, which runs the good image on 2 replicas."""
+    net = client.NetworkingV1Api(apps.api_client)
+    ing = net.read_namespaced_ingress("admin", NAMESPACE)
+    ing.spec.rules[0].http.paths[0].backend.service.name = "admin-blue"
+    net.replace_namespaced_ingress("admin", NAMESPACE, ing)
+    if image_of(apps, "admin-blue", "admin") != GOOD_IMAGE:
+        apps.patch_namespaced_deployment("admin-blue", NAMESPACE, {"spec": {"template": {"spec": {
+            "containers": [{"name": "admin", "image": GOOD_IMAGE}]}}}})
+    apps.patch_namespaced_deployment_scale("admin-blue", NAMESPACE, {"spec": {"replicas": 2}})
+    wait_until(lambda: apps.read_namespaced_deployment("admin-blue", NAMESPACE).status.available_replicas == 2)
+
+
+def test_blue_green_through_an_ingress_switches_its_backend_and_retires_blue(
+    make_environment: Any, apps: Any, admin_on_blue: None
+) -> None:
+    env = make_environment("bg-ingress-good")
+    result = deploy(env, "admin", "sandbox/app:v2")
+    assert result["outcome"] == "succeeded" and result["strategy"] == "blue-green"
+    assert ingress_backend(apps) == "admin-green"
+    green = client.CoreV1Api(apps.api_client).read_namespaced_service("admin-green", NAMESPACE)
+    assert green.spec.selector == {"app": "admin", "colour": "green"}  # made from admin-blue's
+    assert image_of(apps, "admin-green", "admin") == "sandbox/app:v2"
+    assert [a["phase"] for a in result["analyses"]] == ["Successful", "Successful"]
+    assert result["after"]["image"] == "sandbox/app:v2" and result["after"]["deployment"] == "admin-green"
+    assert apps.read_namespaced_deployment("admin-blue", NAMESPACE).spec.replicas == 0  # after the grace period
+
+
+def test_a_failing_post_promotion_analysis_switches_the_ingress_back(
+    make_environment: Any, apps: Any, admin_on_blue: None, sandbox: Any
+) -> None:
+    env = make_environment("bg-ingress-fails", health_only_preview("admin"))
+    blue_before = apps.read_namespaced_deployment("admin-blue", NAMESPACE)
+    state = deploy(env, "admin", "sandbox/app:v3-err8", return_state=True)
+    assert state.is_failed() and "post-promotion" in state.message
+    assert ingress_backend(apps) == "admin-blue"
+    assert_blue_untouched_and_green_down(apps, "admin", blue_before)
+    health = httpx.get(f"{sandbox.webapp_url}/ing/{NAMESPACE}/admin/health", timeout=5)
+    assert health.status_code == 200 and health.json()["versions"] == {GOOD_IMAGE: 2}  # users see blue again
 
 
 def test_pre_deploy_backup_runs_as_a_subflow_and_is_recorded(make_environment: Any, apps: Any, api_on_v1: None) -> None:

@@ -40,3 +40,66 @@ def test_serve_builds_every_runbook_deployment_for_an_environment(make_environme
     assert (nightly.cron, nightly.timezone) == ("0 2 * * *", "Asia/Kolkata")
     weekly = deps[("restore-test", "serve-fleet")].schedules[0].schedule
     assert (weekly.cron, weekly.timezone) == ("0 3 * * 0", "Asia/Kolkata")
+
+
+# --- what on-call sees in the UI ----------------------------------------------------------------------
+
+CHOICES = {"strategy", "migrate", "mode"}  # Literal parameters of the flows: dropdowns everywhere
+
+
+def test_every_served_deployment_has_a_form_with_descriptions_and_dropdowns(make_environment: Any) -> None:
+    """Read back from the API, as the UI does: every parameter has a description, every
+    choice an enum, the environment is fixed and service and database list this environment's."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.serve import deployments_for
+    from tasks.config import load_environment
+
+    env_name = make_environment("forms")
+    env = load_environment(env_name)
+    deps = deployments_for(env_name)
+    with get_client(sync_client=True) as c:
+        schemas = {(d.flow_name, d.name): c.read_deployment(d.apply()).parameter_openapi_schema for d in deps}
+    assert len(schemas) == len(deps) >= 10
+    for (flow_name, name), schema in schemas.items():
+        where = f"{flow_name}/{name}"
+        for parameter, prop in schema["properties"].items():
+            assert prop.get("description"), f"{where}: {parameter} has no description"
+            if parameter in CHOICES:
+                assert prop.get("enum"), f"{where}: {parameter} is a choice without an enum"
+        props = schema["properties"]
+        assert props["environment"]["enum"] == [env.name] and props["environment"]["readOnly"], where
+        if "service" in props:
+            assert props["service"]["enum"] == sorted(env.services), where
+        if "database" in props and flow_name != "restore-test":
+            assert props["database"]["enum"] == sorted(env.databases), where
+    assert schemas[("deploy", env_name)]["properties"]["strategy"]["enum"] == ["from config", "rolling", "blue-green"]
+    assert schemas[("restore-test", f"{env_name}-fleet")]["properties"]["database"]["enum"] == ["fleet"]
+
+
+def test_the_runs_list_names_each_run_from_its_parameters_and_tags_it(make_environment: Any) -> None:
+    """Runs called directly (not through a deployment) are named and tagged too; a run that
+    fails on bad input is named like any other, so on-call can see which one failed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.deploy import deploy
+    from flows.restore_database import restore_database
+    from flows.scaling import scale
+
+    env = make_environment("run-names")
+    states = [
+        deploy(env, "api", "not an image", return_state=True),
+        scale(env, "api", 5000, return_state=True),
+        restore_database(env, "nope", mode="new", return_state=True),
+    ]
+    assert all(s.is_failed() for s in states)
+    with get_client(sync_client=True) as c:
+        runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[s.state_details.flow_run_id
+                                                                                       for s in states])))
+    by_name = {r.name: sorted(r.tags) for r in runs}
+    assert by_name == {
+        f"deploy api not an image to {env}": sorted(["runbook", "deploy", env]),
+        f"scale api to 5000 in {env}": sorted(["runbook", "scale", env]),
+        f"restore nope in {env} from the newest backup (new)": sorted(["runbook", "restore-database", env]),
+    }

@@ -18,7 +18,7 @@ import pytest
 from flows.migrate import migrate_database
 from sandbox import sampledata
 from sandbox.cluster import NAMESPACE
-from tasks import migrations, postgres
+from tasks import migration_plan, migrations, postgres
 from tasks.config import load_environment
 from tasks.storage import open_storage
 
@@ -92,10 +92,10 @@ def schema(server: postgres.Server, dbname: str) -> list[tuple[Any, ...]]:
     """Every column and index of the public schema, but our own history table."""
     return query(server, dbname, f"""
         SELECT table_name, column_name, data_type FROM information_schema.columns
-        WHERE table_schema = 'public' AND table_name <> '{migrations.HISTORY_TABLE}'
+        WHERE table_schema = 'public' AND table_name <> '{migration_plan.HISTORY_TABLE}'
         UNION ALL
         SELECT tablename, indexname, indexdef FROM pg_indexes
-        WHERE schemaname = 'public' AND tablename <> '{migrations.HISTORY_TABLE}'
+        WHERE schemaname = 'public' AND tablename <> '{migration_plan.HISTORY_TABLE}'
         ORDER BY 1, 2""")
 
 
@@ -173,9 +173,9 @@ def test_migrations_apply_in_order_record_history_and_a_rerun_applies_only_what_
     third = migrate_database(env, "fleet")
     assert third["outcome"] == "up to date" and third["applied"] == [] and third["backup_id"] is None
 
-    expected = [(m.version, m.file, m.checksum, True) for m in migrations.read_migrations(folder)]
+    expected = [(m.version, m.file, m.checksum, True) for m in migration_plan.read_migrations(folder)]
     assert history(server, scratch) == expected
-    applied_at = query(server, scratch, f"SELECT applied_at FROM {migrations.HISTORY_TABLE} ORDER BY version")
+    applied_at = query(server, scratch, f"SELECT applied_at FROM {migration_plan.HISTORY_TABLE} ORDER BY version")
     assert applied_at == sorted(applied_at)
     assert ("fuel_cards", "fuel_cards_limit_idx") in [r[:2] for r in schema(server, scratch)]
     report = report_of(second, f"migrate-{env}-fleet")
@@ -237,7 +237,7 @@ def test_two_concurrent_runs_one_fails_clearly_and_never_both_apply(
     assert "runbook-migrate" in second.message  # names the holder's session
     assert "Nothing was changed by this run." in report_of(second, f"migrate-{env}-fleet")
     assert first[0].is_completed()
-    applied_by = query(server, scratch, f"SELECT version, flow_run_id FROM {migrations.HISTORY_TABLE}")
+    applied_by = query(server, scratch, f"SELECT version, flow_run_id FROM {migration_plan.HISTORY_TABLE}")
     assert applied_by == [(1, str(first[0].state_details.flow_run_id))]  # applied once, by the first run
 
 
@@ -276,11 +276,11 @@ def test_the_sample_non_transactional_index_migration_builds_a_valid_index(
          "sql": "SELECT count(*) FROM work_orders WHERE status = 'open' AND due_on IS NULL", "equals": 0}])
 
     result = migrate_database(env, "fleet")
-    assert result["applied"] == [m.file for m in migrations.read_migrations(migrations.folder_for("fleet", None))]
+    assert result["applied"] == [m.file for m in migration_plan.read_migrations(migration_plan.folder_for("fleet", None))]
     valid = query(server, scratch, "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                                    "WHERE c.relname = 'work_orders_open_due_on_idx'")
     assert valid == [(True,)]
-    transactional = query(server, scratch, f"SELECT version, transactional FROM {migrations.HISTORY_TABLE} ORDER BY 1")
+    transactional = query(server, scratch, f"SELECT version, transactional FROM {migration_plan.HISTORY_TABLE} ORDER BY 1")
     assert transactional == [(1, True), (2, True), (3, False)]
 
 
@@ -303,7 +303,7 @@ def test_a_failed_non_transactional_step_reports_what_was_applied_and_how_to_res
     assert "left INVALID index(es): public.depots_city_key" in report
     backup_id = next(k.split("/")[1] for k in backups_of(env))
     assert f"restore_database(environment='{env}', database='fleet', backup_id='{backup_id}')" in report
-    assert history(server, scratch) == [(1, "V1__depot_indexes.sql", migrations.read_migrations(folder)[0].checksum,
+    assert history(server, scratch) == [(1, "V1__depot_indexes.sql", migration_plan.read_migrations(folder)[0].checksum,
                                          False)]
 
     again = migrate_database(env, "fleet", return_state=True)
@@ -320,9 +320,9 @@ def test_dry_run_lists_pending_migrations_with_checksums_and_changes_nothing(
     state = migrate_database(env, "fleet", dry_run=True, return_state=True)
     result = state.result()
     expected = [{"version": m.version, "file": m.file, "checksum": m.checksum}
-                for m in migrations.read_migrations(folder)]
+                for m in migration_plan.read_migrations(folder)]
     assert result["outcome"] == "dry run" and result["planned"] == expected
-    assert query(server, scratch, f"SELECT to_regclass('public.{migrations.HISTORY_TABLE}')") == [(None,)]
+    assert query(server, scratch, f"SELECT to_regclass('public.{migration_plan.HISTORY_TABLE}')") == [(None,)]
     assert schema(server, scratch) == before
     assert backups_of(env) == [] and result["backup_id"] is None
     report = report_of(state, f"migrate-{env}-fleet")
@@ -346,7 +346,7 @@ def test_validation_errors_stop_before_any_side_effect(
     state = migrate_database(env, database, target_version=target, return_state=True)
     assert state.is_failed() and message in state.message
     assert task_runs_of(state) == []  # no lock, no backup, no SQL
-    assert query(server, scratch, f"SELECT to_regclass('public.{migrations.HISTORY_TABLE}')") == [(None,)]
+    assert query(server, scratch, f"SELECT to_regclass('public.{migration_plan.HISTORY_TABLE}')") == [(None,)]
 
 
 # --- the application's own migration command, as a Job -------------------------------------------------

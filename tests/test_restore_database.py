@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -17,12 +16,7 @@ from kubernetes import client, config
 from psycopg.conninfo import make_conninfo
 
 from flows.backup import backup_database
-from flows.restore_database import (
-    confirmation_refused,
-    restore_database,
-    restore_names,
-    scaled_down,
-)
+from flows.restore_database import restore_database
 from sandbox.cluster import NAMESPACE
 from sandbox.sampledata import generate_fleet
 from tasks import postgres
@@ -31,58 +25,6 @@ from tasks.faults import reset as reset_faults
 pytestmark = pytest.mark.scenario
 
 API_REPLICAS = 3
-
-
-# --- pure decisions ---------------------------------------------------------------------------------
-
-AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(("dbname", "restored", "kept"), [
-    ("fleet", "fleet_restore_20260304050607", "fleet_pre_restore_20260304050607"),
-    # 63 bytes is PostgreSQL's limit: it would silently cut the stamp off a longer name
-    ("x" * 63, "x" * 36 + "_restore_20260304050607", "x" * 36 + "_pre_restore_20260304050607"),
-    ("Fleet_2", "Fleet_2_restore_20260304050607", "Fleet_2_pre_restore_20260304050607"),  # case is kept
-], ids=["plain", "longest-name-is-shortened-not-the-stamp", "mixed-case"])
-def test_restore_names(dbname: str, restored: str, kept: str) -> None:
-    names = restore_names(dbname, AT)
-    assert (names.live, names.restored, names.kept) == (dbname, restored, kept)
-    assert len(names.kept.encode()) <= 63
-
-
-def test_restore_names_use_utc() -> None:
-    from zoneinfo import ZoneInfo
-
-    assert restore_names("db", AT.astimezone(ZoneInfo("Asia/Kolkata"))) == restore_names("db", AT)
-
-
-@pytest.mark.parametrize(("typed", "approver", "refused"), [
-    ("orders", "dana", None),
-    (" orders ", "dana", None),  # a pasted name with spaces around it still counts
-    ("ORDERS", "dana", "expected the database name"),  # PostgreSQL names are case-sensitive
-    ("orders_pre_restore", "dana", "expected the database name"),
-    ("yes", "dana", "expected the database name"),
-    ("orders", " ", "approver's name"),
-], ids=["exact", "spaces-around", "other-case", "longer-name", "yes-is-not-the-name", "no-approver"])
-def test_confirmation_must_repeat_the_database_name(typed: str, approver: str, refused: str | None) -> None:
-    why = confirmation_refused(typed, approver, "orders")
-    assert (why is None) if refused is None else (why is not None and refused in why)
-
-
-def _dep(spec: int, generation: int, observed: int, replicas: int | None) -> dict[str, Any]:
-    status = {"observedGeneration": observed} | ({} if replicas is None else {"replicas": replicas})
-    return {"metadata": {"generation": generation}, "spec": {"replicas": spec}, "status": status}
-
-
-@pytest.mark.parametrize(("dep", "done"), [
-    (_dep(0, 2, 2, None), True),
-    (_dep(0, 2, 2, 0), True),
-    (_dep(0, 2, 2, 3), False),  # seen, but pods still run: kubectl rollout status would say done here
-    (_dep(0, 2, 1, None), False),  # the controller has not seen replicas 0 yet
-    (_dep(3, 2, 2, None), False),  # scaled up again by someone else
-], ids=["no-pods", "zero-pods", "pods-left", "not-observed", "not-scaled-to-0"])
-def test_scaled_down_waits_for_the_pods_to_go(dep: dict[str, Any], done: bool) -> None:
-    assert scaled_down(dep) is done
 
 
 # --- helpers --------------------------------------------------------------------------------------------

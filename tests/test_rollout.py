@@ -9,14 +9,20 @@ import pytest
 from tasks.errors import PermanentError
 from tasks.rollout import (
     RolloutStatus,
+    colour_of,
     controlled_by,
+    ingress_backend,
     label_selector,
     new_replica_set,
+    other_colour,
     pick_undo_target,
     pod_failures,
     rollout_status,
     same_template,
+    scaled_down,
+    selected_colour,
     undo_patch,
+    with_backend,
 )
 
 
@@ -364,3 +370,78 @@ def waiting(reason: str, message: str | None = None, **extra: Any) -> dict[str, 
 )
 def test_pod_failures(p: dict[str, Any], expected: list[str], why: str) -> None:
     assert pod_failures([p]) == expected, why
+
+
+# --- scaling to 0 ----------------------------------------------------------------------------------
+
+
+def _dep(spec: int, generation: int, observed: int, replicas: int | None) -> dict[str, Any]:
+    status = {"observedGeneration": observed} | ({} if replicas is None else {"replicas": replicas})
+    return {"metadata": {"generation": generation}, "spec": {"replicas": spec}, "status": status}
+
+
+@pytest.mark.parametrize(("dep", "done"), [
+    (_dep(0, 2, 2, None), True),
+    (_dep(0, 2, 2, 0), True),
+    (_dep(0, 2, 2, 3), False),  # seen, but pods still run: kubectl rollout status would say done here
+    (_dep(0, 2, 1, None), False),  # the controller has not seen replicas 0 yet
+    (_dep(3, 2, 2, None), False),  # scaled up again by someone else
+], ids=["no-pods", "zero-pods", "pods-left", "not-observed", "not-scaled-to-0"])
+def test_scaled_down_waits_for_the_pods_to_go(dep: dict[str, Any], done: bool) -> None:
+    assert scaled_down(dep) is done
+
+
+# --- blue-green ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("live", "new"), [
+    ("blue", "green"),
+    ("green", "blue"),
+    ("", "blue"),  # a first blue-green deploy with nothing live yet fills blue
+], ids=["blue-live", "green-live", "none-live"])
+def test_a_deploy_fills_the_idle_colour(live: str, new: str) -> None:
+    assert other_colour(live) == new
+
+
+@pytest.mark.parametrize(("base", "name", "colour"), [
+    ("web", "web-green", "green"),
+    ("web", "web", None),  # the base itself has no colour: live detection must fail, not guess
+    ("web", "webshop-blue", None),  # another app's Service that merely starts alike
+    ("web", "web-", None),
+], ids=["colour", "bare-base", "other-prefix", "empty-colour"])
+def test_the_colour_of_a_name(base: str, name: str, colour: str | None) -> None:
+    assert colour_of(base, name) == colour
+
+
+def test_a_selector_without_a_colour_selects_none() -> None:
+    assert selected_colour({"app": "web", "colour": "blue"}) == "blue"
+    assert selected_colour({"app": "web"}) is None
+
+
+def _ingress(default: str | None, *paths: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"rules": [{"host": "admin.example.com", "http": {"paths": [
+        {"path": f"/{i}", "pathType": "Prefix", "backend": {"service": {"name": p, "port": {"number": 80}}}}
+        for i, p in enumerate(paths)]}}]}
+    if default:
+        spec["defaultBackend"] = {"service": {"name": default, "port": {"number": 80}}}
+    return {"metadata": {"name": "admin"}, "spec": spec}
+
+
+@pytest.mark.parametrize(("ingress", "backend"), [
+    (_ingress(None, "admin-blue"), "admin-blue"),
+    (_ingress("admin-green", "admin-blue"), "admin-green"),  # the default backend is where unmatched traffic goes
+    (_ingress(None), None),  # an Ingress with no backend cannot tell the live colour
+    ({"metadata": {}, "spec": {"rules": [{"host": "x"}]}}, None),  # a rule without http paths
+], ids=["first-path", "default-first", "none", "no-http"])
+def test_the_service_an_ingress_routes_to(ingress: dict[str, Any], backend: str | None) -> None:
+    assert ingress_backend(ingress) == backend
+
+
+def test_switching_an_ingress_rewrites_every_backend_of_the_old_colour_only() -> None:
+    ing = _ingress("admin-blue", "admin-blue", "docs")
+    switched = with_backend(ing, "admin-blue", "admin-green")
+    paths = switched["spec"]["rules"][0]["http"]["paths"]
+    assert switched["spec"]["defaultBackend"]["service"]["name"] == "admin-green"
+    assert [p["backend"]["service"]["name"] for p in paths] == ["admin-green", "docs"]  # docs is not ours
+    assert paths[0]["backend"]["service"]["port"] == {"number": 80}  # the port is kept
+    assert ing["spec"]["defaultBackend"]["service"]["name"] == "admin-blue"  # the original is not changed

@@ -1,0 +1,175 @@
+"""What a run did, filled in step by step by its flow: the input of its report
+(`tasks.reports`), its `runbook.*` event and its return value.
+
+A record holds facts, never markdown. Its properties derive figures from those facts
+(the schema version a migration reached, how long the apps were down), so that the
+report, the event and the return value cannot disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.backups import Manifest
+from tasks.checks import Check
+from tasks.migration_plan import Applied, Migration, Plan
+from tasks.naming import RestoreNames
+from tasks.redact import scrub
+
+
+@contextmanager
+def timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Record how long a step took, also when it fails."""
+    clock = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[step] = round(time.monotonic() - clock, 3)
+
+
+@contextmanager
+def held(record: DeployRecord | MigrationRecord) -> Iterator[None]:
+    """When the run held its lock (epoch seconds): two runs' spans never overlap."""
+    record.held_from = time.time()
+    try:
+        yield
+    finally:
+        record.held_until = time.time()
+
+
+@dataclass(kw_only=True)
+class RunRecord:
+    """What every run records: how it ended, what failed, how long each step took."""
+
+    outcome: str = "running"
+    failure: str | None = None  # scrubbed of secrets
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def fail(self, exc: BaseException) -> None:
+        self.outcome, self.failure = "failed", scrub(str(exc))
+
+
+# --- deploy ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeployRecord(RunRecord):
+    environment: str
+    service: str
+    image: str
+    strategy: str
+    approver: str | None = None
+    backup_id: str | None = None
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    analyses: list[dict[str, Any]] = field(default_factory=list)
+    smoke: list[Check] = field(default_factory=list)
+    changed: bool = False  # the new image reached the cluster: a failure after this rolls back
+    rolled_back: bool = False
+    detected_at: float | None = None  # epoch seconds: the failure was first seen
+    recovery_seconds: float | None = None
+    migration: dict[str, Any] | None = None
+    held_from: float | None = None  # when this run held the deploy lock (epoch seconds)
+    held_until: float | None = None
+
+    def recovered(self, healthy_at: float | None) -> None:
+        """Healthy again after a rollback: the time to recovery counts from the first failure seen."""
+        if healthy_at and self.detected_at:
+            self.recovery_seconds = round(healthy_at - self.detected_at, 3)
+
+
+# --- migrate ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class MigrationRecord(RunRecord):
+    environment: str
+    database: str
+    mode: str  # "sql" (files in a folder) or "job" (the application's command)
+    dry_run: bool
+    source: str = ""  # the folder, or the Job's command
+    target: int | None = None
+    plan: Plan | None = None
+    applied: list[Applied] = field(default_factory=list)
+    running: Migration | None = None  # the migration that was being applied when the run failed
+    backup_id: str | None = None
+    image: str | None = None
+    job: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    held_from: float | None = None  # when this run held the migration lock (epoch seconds)
+    held_until: float | None = None
+
+    @property
+    def newly_applied(self) -> list[Applied]:
+        return [a for a in self.applied if not a.already]
+
+    @property
+    def schema_version(self) -> int | None:
+        if self.plan is None:
+            return None
+        return max([self.plan.applied_version, *(a.version for a in self.applied)])
+
+    @property
+    def planned_version(self) -> int | None:
+        if self.plan is None:
+            return None
+        return max([self.plan.applied_version, *(m.version for m in self.plan.pending)])
+
+    @property
+    def final_outcome(self) -> str:
+        """What a run that did not fail did."""
+        if self.dry_run:
+            return "dry run"
+        return "succeeded" if self.newly_applied or self.mode == "job" else "up to date"
+
+
+# --- restore --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class App:
+    """A service that uses the database, and the replicas it ran before the restore."""
+
+    service: str
+    namespace: str
+    deployment: str
+    replicas: int
+
+
+@dataclass
+class RestoreRecord(RunRecord):
+    environment: str
+    database: str
+    mode: str
+    names: RestoreNames
+    approver: str | None = None
+    backup: dict[str, Any] = field(default_factory=dict)
+    original_oid: int | None = None
+    apps: list[App] = field(default_factory=list)
+    replicas_after: dict[str, int] = field(default_factory=dict)
+    sessions_terminated: int = 0
+    checks: list[Check] = field(default_factory=list)
+    down_from: float | None = None  # epoch seconds: the first scale to 0
+    healthy_at: float | None = None  # epoch seconds: every app healthy again
+    changed: bool = False  # production was touched: apps scaled or sessions terminated
+    swapped: bool = False
+    scratch: str = ""  # what became of the restored copy after a failure
+    recovery: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def app_down_seconds(self) -> float | None:
+        if self.down_from is None or self.healthy_at is None:
+            return None
+        return round(self.healthy_at - self.down_from, 3)
+
+    def chose(self, manifest: Manifest) -> None:
+        self.backup = {"backup_id": manifest.backup_id, "taken_at": manifest.snapshot_time,
+                       "size_mb": round(manifest.size / 1e6, 2), "sha256": manifest.sha256}
+
+    @property
+    def replicas_before(self) -> dict[str, int]:
+        return {a.service: a.replicas for a in self.apps}

@@ -1,0 +1,450 @@
+"""Every runbook's report, rendered in one place.
+
+A flow fills in a record of what it did (`tasks.records`, or a few values), asks this
+module for its `Report` and publishes it as its last step:
+
+    reports.publish(reports.deploy(record, svc))
+
+A `Report` is a small record: a title and an outcome, what failed, figures, one checks
+table (pass/FAIL with its figures), one timings table, sections with more tables, links,
+the table artifacts that go with it and the `runbook.*` events it emits. `render` turns it
+into the markdown of the run's artifact; nothing else in the project writes markdown.
+Every string leaves through `tasks.prefect_api`, which scrubs secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prefect import task
+
+from tasks import prefect_api
+from tasks.backups import Manifest
+from tasks.checks import Check
+from tasks.config import EnvironmentConfig, ServiceConfig
+from tasks.migration_plan import HISTORY_TABLE, result_rows
+from tasks.naming import artifact_key
+from tasks.records import DeployRecord, MigrationRecord, RestoreRecord
+from tasks.retention import RetentionPlan
+
+LOG_CHARS = 20_000  # of a Job's log kept in a report: the end, where the error is
+
+
+@dataclass
+class Section:
+    heading: str
+    lines: list[str] = field(default_factory=list)  # markdown lines: bullets, paragraphs
+    rows: list[dict[str, Any]] | None = None
+    columns: list[str] | None = None
+    code: str | None = None  # a log, shown verbatim
+
+
+@dataclass
+class Table:
+    """A table artifact of its own, for the UI's artifact list."""
+
+    key: str
+    rows: list[dict[str, Any]]
+    description: str
+
+
+@dataclass
+class Event:
+    name: str  # runbook.<runbook>.<what happened>
+    resource: str  # runbook.<kind>.<environment>.<name>
+    payload: dict[str, Any]
+
+
+@dataclass
+class Report:
+    key: str  # artifact key: lower-case letters, digits and '-'
+    subject: str  # "Deploy of `api` to `sandbox`"
+    outcome: str  # "SUCCEEDED", "FAILED", "PASSED", ...
+    failure: str | None = None
+    notes: list[str] = field(default_factory=list)  # paragraphs after what failed
+    figures: list[tuple[str, Any]] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        return f"{self.subject.replace('`', '')}: {self.outcome}"
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "_(none)_\n"
+    cols = list(columns or rows[0].keys())
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        out.append("| " + " | ".join(_cell(row.get(c, "")) for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def check_rows(checks: Sequence[Check]) -> list[dict[str, Any]]:
+    """The one checks table: each check, pass or FAIL, with its figures."""
+    return [{"check": c.name, "result": "pass" if c.passed else "FAIL", "figures": c.detail} for c in checks]
+
+
+def timing_rows(timings: dict[str, float]) -> list[dict[str, Any]]:
+    """The one timings table: each step and its seconds."""
+    return [{"step": step, "seconds": seconds} for step, seconds in timings.items()]
+
+
+def render(report: Report) -> str:
+    lines = [f"# {report.subject}: {report.outcome}", ""]
+    if report.failure:
+        lines += [f"**What failed:** {report.failure}", ""]
+    for note in report.notes:
+        lines += [note, ""]
+    if report.figures:
+        lines += [md_table([{"figure": k, "value": v} for k, v in report.figures]), ""]
+    if report.checks:
+        lines += ["## Checks", "", md_table(check_rows(report.checks)), ""]
+    if report.timings:
+        lines += ["## Timings", "", md_table(timing_rows(report.timings)), ""]
+    for s in report.sections:
+        lines += [f"## {s.heading}", "", *s.lines]
+        if s.lines:
+            lines.append("")
+        if s.rows is not None:
+            lines += [md_table(s.rows, s.columns), ""]
+        if s.code is not None:
+            lines += ["```text", s.code.replace("```", "'''").rstrip("\n"), "```", ""]
+    if report.links:
+        lines += ["## Links", "", *(f"- [{label}]({url})" for label, url in report.links), ""]
+    return "\n".join(lines)
+
+
+@task(name="report")
+def publish(report: Report) -> str:
+    """The run's evidence: its report artifact, its table artifacts and its events."""
+    prefect_api.publish_report(report.key, render(report), report.description)
+    for t in report.tables:
+        prefect_api.publish_table(t.key, t.rows, t.description)
+    for e in report.events:
+        prefect_api.emit(e.name, e.resource, e.payload)
+    return report.outcome
+
+
+def _database(env: str, database: str) -> str:
+    return f"runbook.database.{env}.{database}"
+
+
+def _service(env: str, service: str) -> str:
+    return f"runbook.service.{env}.{service}"
+
+
+# --- backups -------------------------------------------------------------------------------------
+
+
+def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reused: bool,
+           plan: RetentionPlan | None, error: str | None, preflight: dict[str, Any]) -> Report:
+    cfg = env.database(database)
+    outcome = "FAILED" if error else ("REUSED committed backup" if reused else "OK")
+    report = Report(artifact_key("backup", env.name, database), f"Backup of `{database}` in `{env.name}`", outcome,
+                    failure=error)
+    if error:
+        report.notes.append("No manifest was written for a failed attempt; its upload was aborted or deleted. "
+                            "Retention did not run.")
+    if manifest:
+        dump_s = manifest.durations.get("dump", 0.0)
+        report.figures = [
+            ("backup id", manifest.backup_id),
+            ("storage", f"{cfg.storage.url}/{database}/{manifest.backup_id}/"),
+            ("format", manifest.format),
+            ("size (MB)", f"{manifest.size / 1e6:.2f}"),
+            ("database size (MB)", f"{manifest.database_size / 1e6:.2f}"),
+            ("sha256", manifest.sha256),
+            ("snapshot time", manifest.snapshot_time),
+            ("LSN", manifest.lsn),
+            ("rows", sum(manifest.row_counts.values())),
+            ("tables", len(manifest.row_counts)),
+            ("throughput (MB/s of database)", f"{manifest.database_size / 1e6 / dump_s:.1f}" if dump_s else ""),
+            ("server / pg_dump", f"{manifest.server_version} / {manifest.pg_dump_version}"),
+        ]
+        report.timings = dict(manifest.durations)
+        report.sections.append(Section("Row counts", rows=[{"table": t, "rows": n}
+                                                           for t, n in sorted(manifest.row_counts.items())]))
+    if preflight:
+        report.sections.append(Section("Preflight", rows=[{"check": k, "result": v} for k, v in preflight.items()]))
+    if plan is not None:
+        report.sections.append(Section("Retention", [f"Kept {len(plan.keep)}, deleted {len(plan.delete)}."],
+                                       rows=plan.rows()))
+        report.tables.append(Table(artifact_key("backup-catalogue", env.name, database), plan.rows(),
+                                   f"Backup catalogue of {database} in {env.name} after retention"))
+    resource = _database(env.name, database)
+    if error or manifest is None:
+        report.events.append(Event("runbook.backup.failed", resource,
+                                   {"environment": env.name, "database": database, "error": error}))
+    else:
+        report.events.append(Event("runbook.backup.succeeded", resource, {
+            "environment": env.name, "database": database, "backup_id": manifest.backup_id,
+            "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
+            "dump_seconds": manifest.durations.get("dump"), "deleted": sorted(plan.delete) if plan else [],
+        }))
+    return report
+
+
+def backup_all(env: EnvironmentConfig, results: list[dict[str, Any]]) -> Report:
+    rows = [{"database": r["database"], "outcome": r["outcome"], "backup_id": r.get("backup_id", ""),
+             "size_mb": round(r.get("size", 0) / 1e6, 2), "error": r.get("error", "")} for r in results]
+    failed = [r["database"] for r in results if r["outcome"] != "ok"]
+    report = Report(artifact_key("backup-all-report", env.name), f"Backups of every database in `{env.name}`",
+                    "FAILED" if failed else "OK", failure=f"backup failed for {', '.join(failed)}" if failed else None,
+                    figures=[("databases", len(results)), ("failed", len(failed))],
+                    sections=[Section("Backups", rows=rows)])
+    report.tables.append(Table(artifact_key("backup-all", env.name), rows, f"Backups of every database in {env.name}"))
+    report.events.append(Event(f"runbook.backup-all.{'failed' if failed else 'succeeded'}",
+                               f"runbook.environment.{env.name}",
+                               {"environment": env.name, "databases": len(results), "failed": failed}))
+    return report
+
+
+def restore_test(env: EnvironmentConfig, database: str, manifest: Manifest | None, scratch: str,
+                 results: list[Check], timings: dict[str, float], dropped: bool | None, error: str | None) -> Report:
+    passed = error is None and all(c.passed for c in results)
+    report = Report(artifact_key("restore-test", env.name, database), f"Restore test of `{database}` in `{env.name}`",
+                    "PASSED" if passed else "FAILED", failure=error, checks=list(results), timings=dict(timings))
+    if manifest:
+        report.figures = [
+            ("backup id", manifest.backup_id),
+            ("backup taken at", manifest.snapshot_time),
+            ("backup size (MB)", f"{manifest.size / 1e6:.2f}"),
+            ("sha256", manifest.sha256),
+            ("scratch database", scratch),
+            ("scratch database dropped", dropped),
+        ]
+    report.tables.append(Table(artifact_key("restore-test-checks", env.name, database), check_rows(results),
+                               f"Restore test checks of {database} in {env.name}"))
+    report.events.append(Event(f"runbook.restore-test.{'passed' if passed else 'failed'}", _database(env.name, database), {
+        "environment": env.name, "database": database, "backup_id": manifest.backup_id if manifest else None,
+        "checks": {c.name: c.passed for c in results}, "timings": timings, "error": error,
+    }))
+    return report
+
+
+# --- deploys ----------------------------------------------------------------------------------------
+
+
+def deploy(rec: DeployRecord, svc: ServiceConfig) -> Report:
+    report = Report(artifact_key("deploy", rec.environment, rec.service),
+                    f"Deploy of `{rec.service}` to `{rec.environment}`", rec.outcome.upper(), failure=rec.failure,
+                    checks=list(rec.smoke), timings=dict(rec.timings))
+    report.figures = [
+        ("strategy", rec.strategy),
+        ("image before", rec.before.get("image", "")),
+        ("image requested", rec.image),
+        ("image after", rec.after.get("image", "")),
+        ("revision before / after", f"{rec.before.get('revision', '')} / {rec.after.get('revision', '')}"),
+        ("approver", rec.approver or "(not required)"),
+        ("pre-deploy backup", rec.backup_id or "(none)"),
+        ("migration", _migration_summary(rec.migration)),
+        ("rolled back", rec.rolled_back),
+        ("time to recovery (s)", "" if rec.recovery_seconds is None else f"{rec.recovery_seconds:.2f}"),
+        ("service", svc.url or ", ".join(svc.health_urls)),
+    ]
+    rows = []
+    for a in rec.analyses:
+        report.sections.append(Section(f"Analysis: {a['label']}: {a['phase']}",
+                                       [f"- {r}" for r in a["reasons"][:5]], rows=a["rows"]))
+        rows += [{"analysis": a["label"], **r} for r in a["rows"]]
+    report.links = [("service", svc.url)] if svc.url else []
+    report.tables.append(Table(artifact_key("deploy-analysis", rec.environment, rec.service),
+                               rows or [{"analysis": "(none)"}],
+                               f"Analysis measurements of the deploy of {rec.service} to {rec.environment}"))
+    payload = {k: v for k, v in asdict(rec).items() if k != "analyses"}
+    resource = _service(rec.environment, rec.service)
+    report.events.append(Event(f"runbook.deploy.{'succeeded' if rec.outcome == 'succeeded' else 'failed'}",
+                               resource, payload))
+    if rec.outcome != "succeeded" and rec.rolled_back:
+        report.events.append(Event("runbook.deploy.rolled-back", resource, payload))
+    return report
+
+
+def _migration_summary(migration: dict[str, Any] | None) -> str:
+    if not migration:
+        return "(none)"
+    return ", ".join(f"{k}: {migration.get(k)}" for k in ("outcome", "applied", "schema_version", "backup_id"))
+
+
+def rollback(env: str, service: str, outcome: str, error: str | None, approver: str | None,
+             figures: dict[str, Any]) -> Report:
+    report = Report(artifact_key("rollback", env, service), f"Rollback of `{service}` in `{env}`", outcome.upper(),
+                    failure=error, figures=[*figures.items(), ("approver", approver or "(not required)")])
+    report.events.append(Event(f"runbook.rollback.{outcome}", _service(env, service),
+                               {"environment": env, "service": service, "approver": approver, "error": error,
+                                **{k: v for k, v in figures.items() if k != "healthy_after_seconds"}}))
+    return report
+
+
+def scaling(env: str, service: str, action: str, figures: dict[str, Any]) -> Report:
+    report = Report(artifact_key(action, env, service), f"{action.capitalize()} of `{service}` in `{env}`", "DONE",
+                    figures=list(figures.items()))
+    report.events.append(Event(f"runbook.{action}.succeeded", _service(env, service),
+                               {"environment": env, "service": service, **figures}))
+    return report
+
+
+# --- migrations --------------------------------------------------------------------------------------
+
+
+def migration(rec: MigrationRecord) -> Report:
+    report = Report(artifact_key("migrate", rec.environment, rec.database),
+                    f"Migration of `{rec.database}` in `{rec.environment}`", rec.outcome.upper(), failure=rec.failure,
+                    notes=_what_changed(rec), figures=_migration_figures(rec), checks=list(rec.checks),
+                    timings=dict(rec.timings))
+    rows = result_rows(rec.plan, rec.applied, rec.running, rec.dry_run) if rec.plan else []
+    if rec.plan is not None:
+        report.sections.append(Section("Migrations", rows=rows,
+                                       columns=["version", "file", "checksum", "status", "duration_s"]))
+        report.tables.append(Table(artifact_key("migrate-migrations", rec.environment, rec.database), rows,
+                                   f"Migrations of {rec.database} in {rec.environment}"))
+    if rec.job.get("logs") is not None:
+        report.sections.append(Section(f"Log of Job `{rec.job['name']}`", code=rec.job["logs"][-LOG_CHARS:]))
+    event = "planned" if rec.dry_run and not rec.failure else ("failed" if rec.failure else "succeeded")
+    report.events.append(Event(f"runbook.migration.{event}", _database(rec.environment, rec.database), {
+        "environment": rec.environment, "database": rec.database, "mode": rec.mode, "dry_run": rec.dry_run,
+        "outcome": rec.outcome, "applied": [a.file for a in rec.newly_applied],
+        "failed_file": rec.running.file if rec.running else None, "backup_id": rec.backup_id,
+        "schema_version": rec.schema_version, "image": rec.image, "exit_code": rec.job.get("exit_code"),
+        "error": rec.failure,
+    }))
+    return report
+
+
+def _migration_figures(rec: MigrationRecord) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = [
+        ("mode", "SQL files" if rec.mode == "sql" else "application's migration Job"),
+        ("source", rec.source),
+        ("dry run", rec.dry_run),
+        ("checkpoint backup", rec.backup_id or "(none)"),
+    ]
+    if rec.mode == "sql":
+        rows += [("target version", rec.target if rec.target is not None else "(latest)"),
+                 ("schema version before", rec.plan.applied_version if rec.plan else ""),
+                 ("schema version after" + (" the pending files" if rec.dry_run else ""),
+                  rec.planned_version if rec.dry_run else rec.schema_version if rec.plan else ""),
+                 ("history table", f"public.{HISTORY_TABLE}")]
+        if rec.image:
+            rows.append(("image being deployed", f"{rec.image} (SQL files do not use it)"))
+    else:
+        rows += [("image", rec.image),
+                 ("Job", rec.job.get("name", "(not run)")),
+                 ("exit code", rec.job.get("exit_code", "")),
+                 ("Job condition", rec.job.get("reason") or "")]
+    return rows
+
+
+def _what_changed(rec: MigrationRecord) -> list[str]:
+    """After a failure: exactly what was applied, and how to go back to the checkpoint."""
+    if not rec.failure or rec.dry_run:
+        return []
+    applied = rec.newly_applied
+    running = rec.running
+    partial = running is not None and not running.transactional
+    if not applied and not partial and not (rec.mode == "job" and rec.job):
+        return ["Nothing was changed by this run."]
+    lines = [f"- `{a.file}`: applied and recorded ({a.statements} statement(s), {a.seconds:.3f} s)" for a in applied]
+    if running is not None:
+        state = "stopped part-way, NOT rolled back (see above)" if partial else "rolled back"
+        lines.append(f"- `{running.file}`: {state}")
+    if rec.mode == "job" and rec.job:
+        lines.append(f"- Job `{rec.job['name']}` ran `{rec.source}` from `{rec.image}` and exited with code "
+                     f"{rec.job.get('exit_code')}: what it changed is in its log below")
+    notes = ["## What was applied", "\n".join(lines), "## Next steps"]
+    if running is not None and partial:
+        notes.append(f"The database may be half-migrated: `{running.file}` ran without a transaction "
+                     "and its failure is recorded, so later runs refuse until this is resolved.")
+    elif rec.mode == "sql":
+        notes.append(f"The database is at version {rec.schema_version}: every applied file is complete and "
+                     "recorded. Fix the failed file (or what blocked it) and run again to continue.")
+    if rec.backup_id:
+        restore = (f"restore_database(environment={rec.environment!r}, database={rec.database!r}, "
+                   f"backup_id={rec.backup_id!r})")
+        notes += ["To go back to before this run, restore the checkpoint backup taken before the first change:",
+                  f"```python\n{restore}\n```"]
+    else:
+        notes.append("No checkpoint backup was taken (migrations.backup_first is false): going back means "
+                     "undoing the changes by hand.")
+    return notes
+
+
+# --- restores ------------------------------------------------------------------------------------------
+
+
+def restore(rec: RestoreRecord) -> Report:
+    """Also written while the run is in progress: the checkpoint to recover from by hand."""
+    names = rec.names
+    running = rec.outcome == "running"
+    report = Report(artifact_key("restore", rec.environment, rec.database),
+                    f"Restore of `{rec.database}` in `{rec.environment}` ({rec.mode})",
+                    "IN PROGRESS" if running else rec.outcome.upper(), failure=rec.failure,
+                    checks=list(rec.checks), timings=dict(rec.timings))
+    if running:
+        report.notes.append(f"If this run dies, scale the apps back to the replicas below; `{names.live}` is "
+                            f"production unless a swap happened, in which case the previous database is "
+                            f"`{names.kept}`.")
+    if rec.recovery:
+        report.notes.append("**Recovery:** " + "; ".join(f"{k}: {v}" for k, v in rec.recovery.items()
+                                                         if k != "healthy_at"))
+    restored, previous = _where_the_copies_are(rec)
+    report.figures = [
+        ("backup id", rec.backup.get("backup_id", "")),
+        ("backup taken at", rec.backup.get("taken_at", "")),
+        ("backup size (MB)", rec.backup.get("size_mb", "")),
+        ("backup sha256", rec.backup.get("sha256", "")),
+        ("live database", names.live),
+        ("restored copy", restored),
+    ]
+    if rec.mode == "swap":
+        report.figures += [
+            ("previous database", previous),
+            ("approver", rec.approver or ""),
+            ("sessions terminated", rec.sessions_terminated),
+            ("app-down time (s)", "" if rec.app_down_seconds is None else rec.app_down_seconds),
+        ]
+    if rec.apps:
+        report.sections.append(Section("Apps", rows=[
+            {"service": a.service, "deployment": f"{a.namespace}/{a.deployment}", "replicas before": a.replicas,
+             "replicas after": rec.replicas_after.get(a.service, "")} for a in rec.apps]))
+    if not running:
+        report.events.append(Event(f"runbook.restore.{rec.outcome}", _database(rec.environment, rec.database), {
+            "environment": rec.environment, "database": rec.database, "mode": rec.mode,
+            "backup_id": rec.backup.get("backup_id"), "names": asdict(names), "approver": rec.approver,
+            "replicas_before": rec.replicas_before, "replicas_after": rec.replicas_after,
+            "app_down_seconds": rec.app_down_seconds, "timings": rec.timings, "swapped": rec.swapped,
+            "checks": {c.name: c.passed for c in rec.checks}, "error": rec.failure,
+            "recovery": {k: v for k, v in rec.recovery.items() if k != "healthy_at"},
+        }))
+    return report
+
+
+def _where_the_copies_are(rec: RestoreRecord) -> tuple[str, str]:
+    """What became of the restored copy and of the previous database."""
+    names = rec.names
+    if rec.outcome == "running":
+        return names.restored, names.live
+    if rec.outcome == "succeeded":
+        if rec.mode == "new":
+            return f"{names.restored} (kept)", names.live
+        return f"{names.restored} (now live as {names.live})", f"kept as {names.kept}"
+    restored = f"{names.restored} ({rec.scratch})" if rec.scratch else names.restored
+    if not rec.swapped:
+        return restored, f"{names.live} (untouched)"
+    if rec.recovery.get("original database live"):
+        return restored, f"{names.live} (swapped back)"
+    return f"{names.restored}: see the recovery line", f"{names.kept}: the swap back FAILED"
