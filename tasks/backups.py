@@ -39,6 +39,7 @@ CUSTOM_FILE = "dump.pgc"
 DIR_PREFIX = "dump/"
 ID_RE = re.compile(r"^(\d{8}T\d{6}Z)-[0-9a-f]{6}$")
 PROGRESS_EVERY_SECONDS = 2  # between two progress reports of a running dump
+DRAIN_WAIT_S = 10  # for pg_dump's stderr reader after the dump ended
 _TABLE_LINE = re.compile(r'dumping contents of table "([^"]+)"')
 
 
@@ -253,7 +254,7 @@ def stream_custom_dump(
         writer.abort()
         raise
     finally:
-        drain.join(timeout=10)
+        drain.join(timeout=DRAIN_WAIT_S)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()

@@ -31,6 +31,9 @@ from tasks.config import DatabaseConfig
 from tasks.errors import CheckFailed, ConfigError, PermanentError, TransientError
 from tasks.redact import scrub
 
+CONNECT_TIMEOUT_S = 10  # libpq's default is to wait forever on a silent network
+PROBE_TIMEOUT_S = 3.0  # is anything listening where the server should be
+
 _LIBPQ_ENV = {
     "host": "PGHOST",
     "hostaddr": "PGHOSTADDR",
@@ -60,7 +63,7 @@ class Server:
             params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
         except psycopg.ProgrammingError:
             raise ConfigError("the DSN is not a valid libpq connection string or URI") from None
-        params.setdefault("connect_timeout", "10")
+        params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
         params.setdefault("application_name", "runbook-flows")
         return cls(params)
 
@@ -108,7 +111,7 @@ def classify(exc: BaseException) -> BaseException:
     return PermanentError(f"database error ({state}): {text}")
 
 
-def server_answers(server: Server, timeout: float = 3.0) -> bool:
+def server_answers(server: Server, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether anything listens where the server should be (TCP port or unix socket)."""
     host = server.params.get("host") or server.params.get("hostaddr") or "localhost"
     port = int(server.params.get("port") or 5432)

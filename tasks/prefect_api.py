@@ -79,9 +79,15 @@ def tag_run(flow: Any, flow_run: Any, state: Any) -> None:
     """`on_running` hook of every runbook: tag the run with its runbook and environment
     (`naming.run_tags`), so that the runs list filters by them also when the flow was
     called directly rather than through a deployment, whose tags a run inherits."""
-    from prefect.client.orchestration import get_client
+    from prefect.client.orchestration import SyncPrefectClient, get_client
+    from prefect.context import FlowRunContext
 
     tags = sorted(set(flow_run.tags or []) | set(run_tags(flow.name, flow_run.parameters or {})))
-    if tags != sorted(flow_run.tags or []):
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(flow_run.id, tags=tags)
+    if tags == sorted(flow_run.tags or []):
+        return
+    ctx = FlowRunContext.get()
+    if ctx is not None and isinstance(ctx.client, SyncPrefectClient):  # the engine's own: no new connection
+        ctx.client.update_flow_run(flow_run.id, tags=tags)
+        return
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=tags)

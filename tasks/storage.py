@@ -30,6 +30,12 @@ from tasks.errors import PermanentError, TransientError
 
 CHUNK = 1024 * 1024
 PARTIAL = ".partial"
+# botocore's "standard" retry mode: 5xx, throttling and dropped connections, with backoff and jitter.
+S3_MAX_ATTEMPTS = 6
+S3_CONNECT_TIMEOUT_S = 10
+S3_READ_TIMEOUT_S = 120  # one part of a multipart upload can take a while on a slow link
+PARTS_IN_FLIGHT = 2  # parts queued for the uploader thread: bounds memory at 2 x part size
+ABORT_WAIT_S = 60  # for the uploader to finish its current part before the upload is aborted
 
 
 class ObjectWriter(Protocol):
@@ -260,7 +266,7 @@ class S3Writer:
             self.upload_id = storage.client.create_multipart_upload(
                 Bucket=storage.bucket, Key=storage.full_key(key), **storage.sse_args()
             )["UploadId"]
-        self.q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=2)
+        self.q: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=PARTS_IN_FLIGHT)
         self.thread = threading.Thread(target=self._uploader, name=f"s3-upload-{key}", daemon=True)
         self.thread.start()
 
@@ -321,7 +327,7 @@ class S3Writer:
         if self.thread.is_alive():
             self.error = self.error or RuntimeError("aborted")
             self.q.put(None)
-            self.thread.join(timeout=60)
+            self.thread.join(timeout=ABORT_WAIT_S)
         with s3_errors():
             self.s.client.abort_multipart_upload(
                 Bucket=self.s.bucket, Key=self.s.full_key(self.key), UploadId=self.upload_id
@@ -349,7 +355,8 @@ class S3Storage:
             "s3",
             endpoint_url=cfg.s3.endpoint_url,
             region_name=cfg.s3.region,
-            config=Config(retries={"mode": "standard", "max_attempts": 6}, connect_timeout=10, read_timeout=120),
+            config=Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+                          connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S),
             **creds,
         )
 

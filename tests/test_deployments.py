@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import pytest
 import yaml
 
 from tasks.config import REPO_ROOT
@@ -59,7 +60,12 @@ def test_every_served_deployment_has_a_form_with_descriptions_and_dropdowns(make
     env = load_environment(env_name)
     deps = deployments_for(env_name)
     with get_client(sync_client=True) as c:
-        schemas = {(d.flow_name, d.name): c.read_deployment(d.apply()).parameter_openapi_schema for d in deps}
+        ids = {(d.flow_name, d.name): d.apply() for d in deps}
+        schemas = {key: c.read_deployment(i).parameter_openapi_schema for key, i in ids.items()}
+        # the API enforces the form: a service the environment does not have never becomes a run
+        with pytest.raises(Exception, match="nope"):
+            c.create_flow_run_from_deployment(ids[("deploy", env_name)], parameters={
+                "service": "nope", "image": "sandbox/app:v2"})
     assert len(schemas) == len(deps) >= 10
     for (flow_name, name), schema in schemas.items():
         where = f"{flow_name}/{name}"
