@@ -262,7 +262,7 @@ def blue_green(env: EnvironmentConfig, service: str, image: str, record: DeployR
     record.timings["grace"] = retire_colour(env, service, live)["after_seconds"]
 
 
-STRATEGIES = {"rolling": rolling, "blue-green": blue_green}
+ROLLOUTS = {"rolling": rolling, "blue-green": blue_green}
 
 
 def check_recovery(env: EnvironmentConfig, service: str, record: DeployRecord) -> None:
@@ -296,7 +296,8 @@ def deploy(environment: str, service: str, image: str,
     svc = env.service(service)
     validate_image(image, svc)
     record = DeployRecord(env.name, service, image, env.deploy_strategy(service, strategy))
-    database = env.database_of(service) if check_choice("migrate", migrate, MIGRATE_STEPS) != "none" else None
+    check_choice("migrate", migrate, MIGRATE_STEPS)
+    database = env.database_of(service) if migrate != "none" else None
     started = time.monotonic()
     try:
         with holding(locks.deploy(env, service), timeout_seconds=LOCK_TIMEOUT), held(record):
@@ -308,7 +309,7 @@ def deploy(environment: str, service: str, image: str,
             record.before = read_service_state(env, service)
             if migrate == "before":
                 record.migration = migrate_database(env.name, database, image=image)
-            STRATEGIES[record.strategy](env, service, image, record)
+            ROLLOUTS[record.strategy](env, service, image, record)
             record.after = read_service_state(env, service)
             if migrate == "after":
                 # The new version passed its analysis; a failed migration now fails the run

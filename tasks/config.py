@@ -14,7 +14,7 @@ import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -243,7 +243,8 @@ IMAGE_RE = re.compile(
     r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
 )
 K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-STRATEGIES = ("rolling", "blue-green")
+Strategy = Literal["rolling", "blue-green"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 def validate_image(image: Any, svc: ServiceConfig) -> str:
@@ -318,7 +319,7 @@ class ServiceConfig(Model):
     namespace: str = Field(description="Kubernetes namespace")
     deployment: str = Field(description="Deployment name")
     container: str = Field(description="The container whose image a deploy changes")
-    strategy: Literal["rolling", "blue-green"] = Field("rolling", description="Default deploy strategy")  # STRATEGIES
+    strategy: Strategy = Field("rolling", description="Default deploy strategy")
     image_repository: str | None = Field(None, description="If set, deploys must use an image from this repository")
     rollout_timeout: Duration = Field(timedelta(minutes=10), description="Upper bound on waiting for a rollout")
     health_urls: list[str] = Field(default_factory=list, description="URLs that must answer 2xx")
