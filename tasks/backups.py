@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
+import json
 import re
 import secrets
 import subprocess
@@ -26,9 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from tasks.errors import CheckFailed, DumpAborted, PermanentError, RunbookError, TransientError
+from tasks.errors import CheckFailed, DumpAborted, ObjectMissing, PermanentError, RunbookError, TransientError
 from tasks.postgres import Server, Snapshot, connect, find_tool, tool_major
 from tasks.redact import scrub
 from tasks.retention import BackupRecord
@@ -125,9 +127,7 @@ def read_catalogue(storage: Storage, database: str) -> Catalogue:
     cat = Catalogue()
     for backup_id, has_manifest in sorted(ids.items()):
         if has_manifest:
-            cat.manifests[backup_id] = Manifest.model_validate(
-                get_json(storage, f"{database}/{backup_id}/{MANIFEST}")
-            )
+            cat.manifests[backup_id] = _read_manifest(storage, database, backup_id)
         else:
             cat.incomplete.append(backup_id)
     return cat
@@ -139,7 +139,23 @@ def load_manifest(storage: Storage, database: str, backup_id: str) -> Manifest:
     key = f"{database}/{backup_id}/{MANIFEST}"
     if not storage.exists(key):
         raise PermanentError(f"backup {backup_id!r} of {database!r} has no manifest in {storage.url}: incomplete or missing")
-    return Manifest.model_validate(get_json(storage, key))
+    return _read_manifest(storage, database, backup_id)
+
+
+def _read_manifest(storage: Storage, database: str, backup_id: str) -> Manifest:
+    """The manifest, or a CheckFailed naming the backup, the file and what is wrong with it."""
+    key = f"{database}/{backup_id}/{MANIFEST}"
+    where = f"backup {backup_id}: manifest {storage.url}/{key}"
+    try:
+        return Manifest.model_validate(get_json(storage, key))
+    except json.JSONDecodeError as exc:
+        raise CheckFailed(f"{where} is not readable: not valid JSON ({exc.msg} at line {exc.lineno} "
+                          f"column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise CheckFailed(f"{where} is not readable: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()[:5])
+        raise CheckFailed(f"{where} is not readable: not a manifest ({fields})") from None
 
 
 def write_manifest(storage: Storage, manifest: Manifest) -> None:
@@ -338,7 +354,7 @@ def verify_stored(storage: Storage, prefix: str, files: list[StoredFile], backup
             elif f.key == DIR_PREFIX + "toc.dat":
                 (Path(tmp) / "dump").mkdir()
                 sink = open(Path(tmp) / "dump" / "toc.dat", "wb")  # noqa: SIM115
-            reader = HashingReader(storage.iter_chunks(prefix + f.key))
+            reader = read_stored(storage, prefix, backup_id, f)
             for chunk in reader:
                 if listing is not None and listing.stdin is not None:
                     try:
@@ -379,12 +395,26 @@ def verify_stored(storage: Storage, prefix: str, files: list[StoredFile], backup
 
 
 def check_checksum(backup_id: str, expected: StoredFile, read: HashingReader) -> None:
-    """The bytes read back are the bytes written: same sha256, same size."""
-    if read.sha256.hexdigest() != expected.sha256 or read.size != expected.size:
-        raise CheckFailed(
-            f"backup {backup_id}: checksum check failed for {expected.key}: expected sha256 {expected.sha256} "
-            f"({expected.size} bytes), stored object has {read.sha256.hexdigest()} ({read.size} bytes)"
-        )
+    """The bytes read back are the bytes written: same size, same sha256."""
+    what = f"backup {backup_id}: checksum check failed for {expected.key}"
+    if read.size < expected.size:
+        raise CheckFailed(f"{what}: truncated: expected {expected.size} bytes, the stored object has {read.size}")
+    if read.size > expected.size:
+        raise CheckFailed(f"{what}: longer than written: expected {expected.size} bytes, the stored object has "
+                          f"{read.size}")
+    if read.sha256.hexdigest() != expected.sha256:
+        raise CheckFailed(f"{what}: expected sha256 {expected.sha256}, the stored object ({read.size} bytes, as "
+                          f"written) has {read.sha256.hexdigest()}: its content changed")
+
+
+def read_stored(storage: Storage, prefix: str, backup_id: str, f: StoredFile) -> HashingReader:
+    """The stored object of one backup file, hashed as it is read; a missing one is named."""
+    chunks = storage.iter_chunks(prefix + f.key)
+    try:
+        first = next(chunks, None)
+    except ObjectMissing:
+        raise CheckFailed(f"backup {backup_id}: {f.key} is missing from {storage.url}/{prefix}") from None
+    return HashingReader(itertools.chain([] if first is None else [first], chunks))
 
 
 def _toc_lines(text: str) -> list[str]:
@@ -399,14 +429,13 @@ def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[P
     prefix = backup_prefix(manifest.database, manifest.backup_id)
     for f in manifest.files:
         local = storage.local_path(prefix + f.key)
+        reader = read_stored(storage, prefix, manifest.backup_id, f)
         if local is not None:
-            reader = HashingReader(storage.iter_chunks(prefix + f.key))
             for _ in reader:
                 pass
         else:
             local = workdir / f.key
             local.parent.mkdir(parents=True, exist_ok=True)
-            reader = HashingReader(storage.iter_chunks(prefix + f.key))
             with open(local, "wb") as fh:
                 for chunk in reader:
                     fh.write(chunk)

@@ -5,7 +5,8 @@
     │   └── SecretMissing    a referenced secret does not resolve
     ├── TransientError       a retry may succeed (connection reset, S3 5xx or throttling)
     ├── PermanentError       retrying will not help (auth refused, database missing, tool too old)
-    │   └── DumpAborted      the dump process was killed by a signal: never retried on its own
+    │   ├── DumpAborted      the dump process was killed by a signal: never retried on its own
+    │   └── ObjectMissing    a stored object that should be there is not
     ├── PolicyRefused        a rule said no (freeze window, rejected approval, protected object)
     ├── CheckFailed          a verification ran and found a problem (checksum, row counts, amcheck)
     └── InjectedFault        a fault injected on purpose through RUNBOOK_FAULTS (tests, drills)
@@ -38,6 +39,10 @@ class PermanentError(RunbookError):
 
 class DumpAborted(PermanentError):
     """The dump process was killed from outside (operator, OOM killer)."""
+
+
+class ObjectMissing(PermanentError):
+    """A key that storage does not hold. The message names the storage URL and the key."""
 
 
 class PolicyRefused(RunbookError):

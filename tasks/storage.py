@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from tasks.config import StorageConfig
-from tasks.errors import PermanentError, TransientError
+from tasks.errors import ObjectMissing, PermanentError, TransientError
 
 CHUNK = 1024 * 1024
 PARTIAL = ".partial"
@@ -176,13 +176,13 @@ class FileStorage:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
-            raise PermanentError(f"{self.url}/{key} does not exist") from None
+            raise ObjectMissing(f"{self.url}/{key} does not exist") from None
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
         try:
             fh = open(self._path(key), "rb")  # noqa: SIM115
         except FileNotFoundError:
-            raise PermanentError(f"{self.url}/{key} does not exist") from None
+            raise ObjectMissing(f"{self.url}/{key} does not exist") from None
         with fh:
             while chunk := fh.read(CHUNK):
                 yield chunk
@@ -386,7 +386,7 @@ class S3Storage:
             try:
                 body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
             except self.client.exceptions.NoSuchKey:
-                raise PermanentError(f"{self.url}/{key} does not exist") from None
+                raise ObjectMissing(f"{self.url}/{key} does not exist") from None
             yield from body.iter_chunks(CHUNK)
 
     def exists(self, key: str) -> bool:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from flows.backup import backup_all, backup_database
@@ -85,6 +85,57 @@ def test_restore_test_fails_on_a_flipped_byte_in_s3(make_environment: Any) -> No
     assert result["backup_id"] in state.message and "checksum" in state.message
 
 
+def _tampered_restore_test(make_environment: Any, name: str, tamper: Any) -> tuple[str, Any]:
+    """Back up pgbench to file:// storage, damage the stored backup, run the restore test."""
+    env = make_environment(name)
+    backup_id = backup_database(env, "pgbench")["backup_id"]
+    tamper(storage_of(env, "pgbench").local_path(f"pgbench/{backup_id}/"))
+    return backup_id, restore_test(env, "pgbench", return_state=True)
+
+
+def test_a_truncated_dump_is_named_with_both_sizes(make_environment: Any) -> None:
+    sizes: list[int] = []
+
+    def truncate(folder: Path) -> None:
+        dump = folder / backups.CUSTOM_FILE
+        sizes.append(dump.stat().st_size)
+        dump.write_bytes(dump.read_bytes()[: sizes[0] // 2])
+
+    backup_id, state = _tampered_restore_test(make_environment, "truncated", truncate)
+    assert state.is_failed()
+    assert f"backup {backup_id}: checksum check failed for {backups.CUSTOM_FILE}: truncated" in state.message
+    assert f"expected {sizes[0]} bytes, the stored object has {sizes[0] // 2}" in state.message
+
+
+def test_an_unreadable_manifest_is_named_with_why(make_environment: Any) -> None:
+    def cut_manifest(folder: Path) -> None:
+        manifest = folder / backups.MANIFEST
+        manifest.write_text(manifest.read_text()[:40])
+
+    backup_id, state = _tampered_restore_test(make_environment, "bad-manifest", cut_manifest)
+    assert state.is_failed()
+    assert f"backup {backup_id}: manifest " in state.message and f"{backup_id}/{backups.MANIFEST}" in state.message
+    assert "is not readable: not valid JSON" in state.message
+
+
+def test_a_manifest_that_is_json_but_not_a_manifest_names_the_fields(make_environment: Any) -> None:
+    def empty_manifest(folder: Path) -> None:
+        (folder / backups.MANIFEST).write_text("{}")
+
+    backup_id, state = _tampered_restore_test(make_environment, "not-manifest", empty_manifest)
+    assert state.is_failed() and f"backup {backup_id}: manifest " in state.message
+    assert "not a manifest (backup_id: Field required" in state.message
+
+
+def test_a_missing_dump_is_named(make_environment: Any) -> None:
+    def delete_dump(folder: Path) -> None:
+        (folder / backups.CUSTOM_FILE).unlink()
+
+    backup_id, state = _tampered_restore_test(make_environment, "missing-dump", delete_dump)
+    assert state.is_failed()
+    assert f"backup {backup_id}: {backups.CUSTOM_FILE} is missing from " in state.message
+
+
 def _big_env(make_environment: Any, sandbox: Any) -> str:
     """A database big enough that pg_dump runs for seconds, so it can be killed mid-way."""
     from sandbox.sampledata import generate_fleet
@@ -111,19 +162,19 @@ def postgres_dsn(server: postgres.Server, dbname: str) -> str:
 
 
 def _kill_pg_dump_when_running(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the pg_dump this test's flow started (a child of this process), nothing else."""
     deadline = time.monotonic() + 60
+    me = psutil.Process()
     while not stop.is_set() and time.monotonic() < deadline:
-        for pid_dir in Path("/proc").iterdir():
-            if not pid_dir.name.isdigit():
-                continue
+        for child in me.children(recursive=True):
             try:
-                cmd = (pid_dir / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+                cmd = child.cmdline()
+            except psutil.NoSuchProcess:
                 continue
-            if cmd and cmd[0].endswith(b"pg_dump") and any(a.startswith(b"--snapshot=") for a in cmd):
+            if cmd and cmd[0].endswith("pg_dump") and any(a.startswith("--snapshot=") for a in cmd):
                 time.sleep(1.0)  # let it stream some data first
-                os.kill(int(pid_dir.name), signal.SIGKILL)
-                killed.append(int(pid_dir.name))
+                child.kill()
+                killed.append(child.pid)
                 return
         time.sleep(0.05)
 
@@ -214,3 +265,18 @@ def test_smoke_query_failure_fails_the_restore_test(make_environment: Any) -> No
     state = restore_test(env, "pgbench", return_state=True)
     assert state.is_failed()
     assert "smoke: impossible" in state.message
+
+
+def test_a_pg_dump_older_than_the_server_is_refused_before_anything_is_written(
+    make_environment: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pg_dump of an older major version cannot dump a newer server reliably; preflight says so."""
+    old = tmp_path / "pg_dump"
+    old.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.11'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PG_BIN_DIR", str(tmp_path))
+    env = make_environment("old-pg-dump")
+    state = backup_database(env, "pgbench", return_state=True)
+    assert state.is_failed() and "pg_dump 14 is older than the server (15)" in state.message
+    assert "install postgresql-client-15 or set PG_BIN_DIR" in state.message
+    assert storage_of(env, "pgbench").list_keys("pgbench/") == []

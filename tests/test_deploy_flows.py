@@ -237,6 +237,24 @@ def test_failing_post_promotion_analysis_switches_back_and_leaves_blue_untouched
     assert_blue_untouched_and_green_down(apps, "web", blue_before)
 
 
+def test_a_deploy_inside_a_freeze_window_is_refused_before_any_change(
+    make_environment: Any, apps: Any, api_on_v1: None
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    def frozen(doc: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        doc["deploy_freeze"] = [{"name": "year end", "start": (now - timedelta(hours=1)).isoformat(),
+                                 "end": (now + timedelta(hours=1)).isoformat()}]
+
+    env = make_environment("deploy-frozen", frozen)
+    generation = apps.read_namespaced_deployment("api", NAMESPACE).metadata.generation
+    state = deploy(env, "api", "sandbox/app:v2", return_state=True)
+    assert state.is_failed() and f"deploys to {env} are frozen: window 'year end'" in state.message
+    assert apps.read_namespaced_deployment("api", NAMESPACE).metadata.generation == generation
+    assert image_of(apps, "api", "api") == GOOD_IMAGE
+
+
 # --- blue-green through an Ingress (SEV Fleet: kubectl apply -f kubernetes/ingress-green.yaml) ----------
 
 

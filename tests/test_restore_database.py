@@ -309,3 +309,25 @@ def test_rollback_with_database_restores_the_data_and_the_previous_image(backed_
                  if c.name == "api")
     assert image == before_image
     assert api_back_at_three(apps)
+
+
+def test_a_restore_never_overwrites_a_database_that_has_its_copys_name(backed_up: Any, apps: Any) -> None:
+    """The restored copy's name is stamped to the second; someone else's database under it
+    (a run started in the same second, a copy left by hand) stops the restore before any change."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.naming import restore_names
+
+    env = backed_up("rdtaken")
+    now = datetime.now(UTC)
+    taken = [restore_names("rdtaken", now + timedelta(seconds=s)).restored for s in range(20)]
+    for name in taken:
+        postgres.create_database(admin(), name)
+    try:
+        state = restore_database(env, "fleet", mode="new", return_state=True)
+        assert state.is_failed() and "already exist" in state.message and "never overwrites" in state.message
+        assert all(postgres.database_exists(admin(), name) for name in taken)  # none dropped or reused
+        assert counts(taken[0]) == {}  # still the empty database it was
+    finally:
+        for name in taken:
+            postgres.drop_database(admin(), name)
