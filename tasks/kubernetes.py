@@ -9,7 +9,8 @@ are the pure functions of `tasks.rollout`; this module only reads, writes and wa
 Errors, by what the caller does about them:
 
 - `TransientError`: HTTP 5xx, 429, a 409 conflict left after a few re-reads, or the API
-  could not be reached. A retry (declared on the Prefect task) may cure it.
+  could not be reached, once the client's own retries (`RETRY`) are spent. A retry of the
+  Prefect task may still cure it.
 - `PermanentError`: any other HTTP 4xx (403 refused, 404 missing, 422 invalid), a
   paused Deployment, no rollout history. The message names the kind, namespace and name.
 - `ConfigError`: the kubeconfig does not load, or a container named in config is not in
@@ -17,8 +18,9 @@ Errors, by what the caller does about them:
 - `CheckFailed`: a rollout exceeded its progress deadline or did not finish in time; the
   message says why the new pods fail (`rollout.pod_failures`).
 
-Nothing here retries on its own except re-reading an object after a 409 conflict on a
-read-modify-replace, which is how the API asks clients to resolve them.
+Retries happen at two depths: every request through the client's urllib3 `RETRY` (resets,
+429, 5xx, Retry-After honoured; never a POST), and a read-modify-replace read again after
+a 409 conflict, which is how the API asks clients to resolve them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ from tasks.rollout import RolloutStatus
 # The client sets no timeout by default: a half-open connection would hang a runbook
 # forever. (connect, read) seconds for each request.
 REQUEST_TIMEOUT = (10.0, 60.0)
+# Every request is retried on what a retry can cure, as client-go does: a reset or refused
+# connection, 429 and 5xx (Retry-After honoured), with exponential backoff and jitter.
+# Not POST: a create the server applied before the error would then fail as AlreadyExists.
+RETRY = urllib3.util.Retry(
+    total=5, backoff_factor=0.25, backoff_max=8.0, backoff_jitter=0.25,
+    status_forcelist=(429, 500, 502, 503, 504), allowed_methods=frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"}),
+    respect_retry_after_header=True, raise_on_status=False,  # the last answer becomes the ApiException
+)
 # Re-reads after a 409 conflict on a read-modify-replace before giving up as transient.
 CONFLICT_ATTEMPTS = 5
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
@@ -77,6 +87,7 @@ def api_client(cfg: KubernetesConfig | None) -> Iterator[client.ApiClient]:
     if cfg is None:
         raise ConfigError("the environment has no 'kubernetes' section (kubeconfig, context)")
     configuration = client.Configuration()
+    configuration.retries = RETRY
     try:
         if cfg.kubeconfig is None and cfg.context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
             kube_config.load_incluster_config(client_configuration=configuration)

@@ -18,6 +18,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ S3_MAX_ATTEMPTS = 6
 S3_CONNECT_TIMEOUT_S = 10
 S3_READ_TIMEOUT_S = 120  # one part of a multipart upload can take a while on a slow link
 PARTS_IN_FLIGHT = 2  # parts queued for the uploader thread: bounds memory at 2 x part size
+S3_RESUME_BACKOFF_S = 0.2  # before picking a broken download up again, doubling each time
 ABORT_WAIT_S = 60  # for the uploader to finish its current part before the upload is aborted
 
 
@@ -222,31 +224,35 @@ class FileStorage:
 # --- S3 -----------------------------------------------------------------------------------
 
 
-def classify_s3_error(exc: Exception) -> Exception:
-    """Map a botocore error to TransientError or PermanentError, by class and status code."""
+def classify_s3_error(exc: Exception, where: str = "") -> Exception:
+    """Map a botocore error to TransientError or PermanentError, by class and status code.
+    `where` (s3://bucket/key) and the attempts botocore made go into the message."""
     from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, NoCredentialsError
 
+    on = f" on {where}" if where else ""
     if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        meta = exc.response.get("ResponseMetadata", {})
+        status = meta.get("HTTPStatusCode", 0)
         code = exc.response.get("Error", {}).get("Code", "")
+        attempts = f" after {meta['RetryAttempts'] + 1} attempt(s)" if "RetryAttempts" in meta else ""
         if status >= 500 or status == 429 or code in {"SlowDown", "Throttling", "RequestTimeout"}:
-            return TransientError(f"S3 {code or status}: {exc}")
-        return PermanentError(f"S3 refused the request ({code or status}): {exc}")
+            return TransientError(f"S3 {code or status}{on}{attempts}: {exc}")
+        return PermanentError(f"S3 refused the request ({code or status}){on}: {exc}")
     if isinstance(exc, ConnectionError | HTTPClientError):
-        return TransientError(f"S3 unreachable: {exc}")
+        return TransientError(f"S3 unreachable{on} after {S3_MAX_ATTEMPTS} attempt(s): {exc}")
     if isinstance(exc, NoCredentialsError):
         return PermanentError("S3 credentials not found: set access_key_id/secret_access_key or the AWS chain")
     return exc
 
 
 @contextlib.contextmanager
-def s3_errors() -> Iterator[None]:
+def s3_errors(bucket: str, key: str) -> Iterator[None]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         yield
     except (ClientError, BotoCoreError) as exc:
-        raise classify_s3_error(exc) from exc
+        raise classify_s3_error(exc, f"s3://{bucket}/{key}") from exc
 
 
 class S3Writer:
@@ -262,7 +268,7 @@ class S3Writer:
         self.parts: list[dict[str, Any]] = []
         self.queued = 0
         self.error: BaseException | None = None
-        with s3_errors():
+        with s3_errors(storage.bucket, storage.full_key(key)):
             self.upload_id = storage.client.create_multipart_upload(
                 Bucket=storage.bucket, Key=storage.full_key(key), **storage.sse_args()
             )["UploadId"]
@@ -276,7 +282,7 @@ class S3Writer:
                 continue  # drain the queue so the producer never blocks
             number, body = item
             try:
-                with s3_errors():
+                with s3_errors(self.s.bucket, f"{self.s.full_key(self.key)} (part {number})"):
                     etag = self.s.client.upload_part(
                         Bucket=self.s.bucket,
                         Key=self.s.full_key(self.key),
@@ -315,7 +321,7 @@ class S3Writer:
         self._flush_and_join()
         self._check()
         parts = sorted(self.parts, key=lambda p: p["PartNumber"])
-        with s3_errors():
+        with s3_errors(self.s.bucket, self.s.full_key(self.key)):
             self.s.client.complete_multipart_upload(
                 Bucket=self.s.bucket,
                 Key=self.s.full_key(self.key),
@@ -328,7 +334,7 @@ class S3Writer:
             self.error = self.error or RuntimeError("aborted")
             self.q.put(None)
             self.thread.join(timeout=ABORT_WAIT_S)
-        with s3_errors():
+        with s3_errors(self.s.bucket, self.s.full_key(self.key)):
             self.s.client.abort_multipart_upload(
                 Bucket=self.s.bucket, Key=self.s.full_key(self.key), UploadId=self.upload_id
             )
@@ -375,19 +381,38 @@ class S3Storage:
         return S3Writer(self, key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        with s3_errors():
+        with s3_errors(self.bucket, self.full_key(key)):
             self.client.put_object(Bucket=self.bucket, Key=self.full_key(key), Body=data, **self.sse_args())
 
     def get_bytes(self, key: str) -> bytes:
         return b"".join(self.iter_chunks(key))
 
     def iter_chunks(self, key: str) -> Iterator[bytes]:
-        with s3_errors():
-            try:
-                body = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))["Body"]
-            except self.client.exceptions.NoSuchKey:
-                raise ObjectMissing(f"{self.url}/{key} does not exist") from None
-            yield from body.iter_chunks(CHUNK)
+        """The object's bytes as they arrive. A connection that breaks mid-body (botocore
+        retries a request, not a stream) is picked up where it broke, with a Range request
+        pinned to the same object version by its ETag, up to S3_MAX_ATTEMPTS times."""
+        from botocore.exceptions import ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
+
+        full = self.full_key(key)
+        offset, etag = 0, None
+        for attempt in range(1, S3_MAX_ATTEMPTS + 1):
+            with s3_errors(self.bucket, full):
+                try:
+                    pinned = {"Range": f"bytes={offset}-", "IfMatch": etag} if etag else {}
+                    resp = self.client.get_object(Bucket=self.bucket, Key=full, **pinned)
+                except self.client.exceptions.NoSuchKey:
+                    raise ObjectMissing(f"{self.url}/{key} does not exist") from None
+                etag = etag or resp["ETag"]
+                try:
+                    for chunk in resp["Body"].iter_chunks(CHUNK):
+                        offset += len(chunk)
+                        yield chunk
+                    return
+                except (ResponseStreamingError, ConnectionClosedError, ReadTimeoutError) as exc:
+                    if attempt == S3_MAX_ATTEMPTS:
+                        raise TransientError(f"S3 download of s3://{self.bucket}/{full} broke off at byte {offset} "
+                                             f"{attempt} times: {exc}") from exc
+            time.sleep(min(S3_RESUME_BACKOFF_S * 2 ** (attempt - 1), 10.0))
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -398,20 +423,20 @@ class S3Storage:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return False
-            raise classify_s3_error(exc) from exc
+            raise classify_s3_error(exc, f"s3://{self.bucket}/{self.full_key(key)}") from exc
 
     def list_keys(self, prefix: str) -> list[str]:
         full = self.full_key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         keys: list[str] = []
-        with s3_errors():
+        with s3_errors(self.bucket, full):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list_keys(prefix)
-        with s3_errors():
+        with s3_errors(self.bucket, self.full_key(prefix)):
             for i in range(0, len(keys), 1000):
                 batch = [{"Key": self.full_key(k)} for k in keys[i : i + 1000]]
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
@@ -422,7 +447,7 @@ class S3Storage:
 
     def open_uploads(self, prefix: str) -> list[dict[str, Any]]:
         uploads: list[dict[str, Any]] = []
-        with s3_errors():
+        with s3_errors(self.bucket, self.full_key(prefix)):
             for page in self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=self.full_key(prefix)
             ):
@@ -433,7 +458,7 @@ class S3Storage:
         """Abort uploads left open by a process that died (SIGKILL, lost node)."""
         aborted = []
         for up in self.open_uploads(prefix):
-            with s3_errors():
+            with s3_errors(self.bucket, up["Key"]):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
             aborted.append(up["Key"])
         return aborted
