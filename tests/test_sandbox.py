@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -88,12 +89,8 @@ def test_state_and_secrets_are_private_and_well_formed(sandbox):
 
 
 def test_password_is_in_no_command_line_and_no_server_log(sandbox):
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                assert sandbox.pg_password.encode() not in (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
+    for proc in psutil.process_iter(["cmdline"]):
+        assert sandbox.pg_password not in " ".join(proc.info["cmdline"] or [])
     log = (sandbox.pg_socket_dir / "postgres.log").read_text()
     assert sandbox.pg_password not in log
 
@@ -296,14 +293,8 @@ def test_down_leaves_no_process_port_or_dir(sandbox, base_dir):
     assert not any(port_open("127.0.0.1", p) for p in ports)
     assert not sandbox.workdir.exists()
     assert not sandbox.environment_file.exists()  # the sandbox.yaml it wrote went too
-    leftovers = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and pid_alive(int(proc.name)):
-            try:
-                if str(sandbox.workdir).encode() in (proc / "cmdline").read_bytes():
-                    leftovers.append(proc.name)
-            except OSError:
-                continue
+    leftovers = [p.pid for p in psutil.process_iter(["cmdline"])
+                 if pid_alive(p.pid) and str(sandbox.workdir) in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
 
     assert api.down(sandbox.workdir) == [f"no sandbox in {sandbox.workdir}: nothing to do"]
