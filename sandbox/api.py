@@ -13,6 +13,9 @@ Work dir layout:
     sandbox.env        `export` lines for the secrets sandbox.yaml names
     pg/                the cluster, owned by the PostgreSQL account: data/, postgres.log, socket
     moto.log, moto.pid the S3 server
+    kube/, webapp/     the fake Kubernetes API server and the sample web service
+    faultproxy-s3/     the fault proxy in front of moto (sandbox/faultproxy.py)
+    faultproxy-kube/   the fault proxy in front of the API server, and kubeconfig through it
     backups/           target of the file:// storage in sandbox.yaml
 """
 
@@ -24,6 +27,7 @@ import shlex
 import shutil
 import string
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +37,8 @@ import httpx
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox import cluster, postgres, s3, sampledata
-from sandbox.environment import environment_dict, environment_text, write_environment
+from sandbox import cluster, faultproxy, postgres, s3, sampledata
+from sandbox.environment import environment_dict, environment_text, write_environment, write_kubeconfig_via
 from sandbox.process import free_port, pid_alive, scrub
 from sandbox.state import (
     ENV_FILE,
@@ -65,6 +69,8 @@ PG_USER = "runbook"
 BUCKET = "runbook-backups"
 DATABASES = ("fleet", "pgbench")
 PORT_ATTEMPTS = 3
+S3_PROXY_DIR = "faultproxy-s3"
+KUBE_PROXY_DIR = "faultproxy-kube"
 _SOCKET_NAME_MAX = 107 - len("/.s.PGSQL.65535")  # sun_path is 108 bytes including the NUL
 
 
@@ -96,7 +102,8 @@ def up(workdir: Path | None = None, size_mb: int = 64, environments_dir: Path | 
         report = status(workdir)
         if report["healthy"]:
             return existing
-        broken = ", ".join(f"{name}: {c['detail']}" for name, c in report["components"].items() if not c["ok"])
+        pieces = {**report["components"], **report["proxies"]}
+        broken = ", ".join(f"{name}: {c['detail']}" for name, c in pieces.items() if not c["ok"])
         raise PermanentError(
             f"the sandbox in {workdir} is partly down ({broken}); "
             f"run `python -m sandbox down --dir {workdir}` and then `up` again"
@@ -195,6 +202,8 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
 
     with _step("starting the Kubernetes API server and the sample web service", hidden):
         kube = cluster.start(workdir)
+    with _step("starting the fault proxies in front of S3 and the Kubernetes API server", hidden):
+        proxies = _start_proxies(workdir, endpoint, kube)
 
     state = SandboxState(
         workdir=workdir,
@@ -220,6 +229,7 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
         kubeconfig=kube.kubeconfig,
         webapp_url=kube.webapp_url,
         webapp_pid=kube.webapp_pid,
+        **proxies,
     )
     with _step("loading the sample data", hidden):
         for db in DATABASES:
@@ -235,6 +245,31 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
         config.unlink(missing_ok=True)  # the work dir goes on failure; this file lives elsewhere
         raise
     return state
+
+
+def _start_proxies(workdir: Path, s3_endpoint: str, kube: cluster.ClusterInfo) -> dict[str, Any]:
+    """The fault proxies, as SandboxState fields. sandbox.yaml does not use them: a test
+    opts in with `environment.through_proxies`."""
+    # Each takes most of a second to start: side by side. On a failure the pool still waits
+    # for the other, so `up`'s clean-up finds both.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        s3_starting = pool.submit(faultproxy.start_detached, workdir / S3_PROXY_DIR, upstream=s3_endpoint)
+        kube_proxy = faultproxy.start_detached(workdir / KUBE_PROXY_DIR, upstream=kube.kube_url)
+        s3_proxy = s3_starting.result()
+    kubeconfig = write_kubeconfig_via(kube.kubeconfig, kube_proxy.url, workdir / KUBE_PROXY_DIR / "kubeconfig")
+    return {
+        "s3_proxy_url": s3_proxy.url, "s3_proxy_control_url": s3_proxy.control_url, "s3_proxy_pid": s3_proxy.pid,
+        "kube_proxy_url": kube_proxy.url, "kube_proxy_control_url": kube_proxy.control_url,
+        "kube_proxy_pid": kube_proxy.pid, "proxy_kubeconfig": kubeconfig,
+    }
+
+
+def _stop_proxies(workdir: Path) -> list[str]:
+    actions = []
+    for name, upstream in ((S3_PROXY_DIR, "S3"), (KUBE_PROXY_DIR, "the Kubernetes API server")):
+        if (workdir / name).exists() and faultproxy.stop_detached(workdir / name):
+            actions.append(f"stopped the fault proxy in front of {upstream}")
+    return actions
 
 
 def _token(n: int, alphabet: str = string.ascii_letters + string.digits) -> str:
@@ -299,7 +334,7 @@ def down(workdir: Path | None = None) -> list[str]:
 
 
 def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | None) -> list[str]:
-    actions = cluster.stop(workdir)
+    actions = _stop_proxies(workdir) + cluster.stop(workdir)
     data = state.pg_data_dir if state else workdir / "pg" / "data"
     if bin_dir is None:
         bin_dir = state.pg_bin if state else postgres.DEFAULT_PG_BIN
@@ -338,12 +373,13 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
     """Each piece of the sandbox and whether it answers, with no secret in it.
 
     {"workdir", "healthy", "components": {"postgres"|"s3": {"ok", "address", "pid", "detail"}},
-     "environment_file"}; components is empty when there is no sandbox.
+     "proxies": {"s3-proxy"|"kube-proxy": {...the same}}, "environment_file"}; components is
+    empty when there is no sandbox. `healthy` counts the fault proxies too.
     """
     workdir = _workdir(workdir)
     state = load_state(workdir)
     if state is None:
-        return {"workdir": str(workdir), "healthy": False, "components": {}, "environment_file": None}
+        return {"workdir": str(workdir), "healthy": False, "components": {}, "proxies": {}, "environment_file": None}
     hidden = state.secrets()
     components: dict[str, dict[str, Any]] = {}
 
@@ -367,21 +403,34 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
 
     for name, url, pid, probe in (("kubernetes", state.kube_url, state.kube_pid, "/version"),
                                   ("webapp", state.webapp_url, state.webapp_pid, "/healthz")):
-        if url is None:
-            continue
-        try:
-            answered = httpx.get(url + probe, timeout=3).status_code
-            detail, ok = f"{probe} answered {answered}", answered == 200 and pid is not None and pid_alive(pid)
-        except httpx.HTTPError as exc:
-            detail, ok = f"{probe} unreachable: {type(exc).__name__}", False
-        components[name] = {"ok": ok, "address": url, "pid": pid, "detail": detail}
+        if url is not None:
+            components[name] = _http_component(url, url, probe, pid)
+    proxies = {
+        name: _http_component(url, control, "/healthz", pid)
+        for name, url, control, pid in (
+            ("s3-proxy", state.s3_proxy_url, state.s3_proxy_control_url, state.s3_proxy_pid),
+            ("kube-proxy", state.kube_proxy_url, state.kube_proxy_control_url, state.kube_proxy_pid),
+        )
+        if url is not None and control is not None
+    }
 
     return {
         "workdir": str(workdir),
-        "healthy": all(c["ok"] for c in components.values()),
+        "healthy": all(c["ok"] for c in (*components.values(), *proxies.values())),
         "components": components,
+        "proxies": proxies,
         "environment_file": str(state.environment_file) if state.environment_file else None,
     }
+
+
+def _http_component(address: str, base: str, probe: str, pid: int | None) -> dict[str, Any]:
+    """A piece that answers HTTP at `address`: ok if `base + probe` answers 200 and its process lives."""
+    try:
+        answered = httpx.get(base + probe, timeout=3).status_code
+        detail, ok = f"{probe} answered {answered}", answered == 200 and pid is not None and pid_alive(pid)
+    except httpx.HTTPError as exc:
+        detail, ok = f"{probe} unreachable: {type(exc).__name__}", False
+    return {"ok": ok, "address": address, "pid": pid, "detail": detail}
 
 
 def _first_line(exc: BaseException, hidden: list[str]) -> str:

@@ -2,18 +2,20 @@
 
 It has the same shape as a production environment file (see tasks/config.py) and
 names its secrets by environment variable only; `source <workdir>/sandbox.env`
-provides them.
+provides them. `through_proxies` makes a variant whose S3 and Kubernetes traffic goes
+through the sandbox's fault proxies (sandbox/faultproxy.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from sandbox.state import ENV_PG_DSN, ENV_S3_ACCESS_KEY, ENV_S3_SECRET_KEY, SandboxState
+from sandbox.state import ENV_PG_DSN, ENV_S3_ACCESS_KEY, ENV_S3_SECRET_KEY, SandboxState, write_private
 from tasks.config import EnvironmentConfig, format_validation_error
 from tasks.errors import ConfigError
 
@@ -118,3 +120,49 @@ def write_environment(state: SandboxState, path: Path, name: str = "sandbox") ->
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+# --- through the fault proxies ------------------------------------------------------------------
+
+
+def write_kubeconfig_via(kubeconfig: Path, server: str, path: Path) -> Path:
+    """Write a copy of `kubeconfig` whose clusters' server is `server` (a fault proxy in front
+    of the API server), readable by its owner only as it may hold a token; returns `path`."""
+    config = yaml.safe_load(Path(kubeconfig).read_text())
+    for entry in config.get("clusters") or []:
+        entry["cluster"]["server"] = server
+    write_private(Path(path), yaml.safe_dump(config, sort_keys=False))
+    return Path(path)
+
+
+def through_proxies(state: SandboxState) -> Callable[[dict[str, Any]], None]:
+    """An edit for an environment dict that sends its S3 and Kubernetes traffic through the
+    sandbox's fault proxies: every S3 endpoint that is moto's becomes the S3 proxy, and the
+    kubeconfig becomes the one whose server is the Kubernetes proxy. Everything else (the
+    databases, the sample service's URLs) stays as it is.
+
+    In a test: `make_environment("x", through_proxies(sandbox))`, then add rules with
+    `FaultProxyClient(sandbox.s3_proxy_control_url)`."""
+    if state.s3_proxy_url is None or state.kube_proxy_url is None or state.proxy_kubeconfig is None:
+        raise ConfigError(
+            f"the sandbox in {state.workdir} has no fault proxies (it was started before they existed); "
+            f"run `python -m sandbox down --dir {state.workdir}` and then `up` again"
+        )
+    s3_proxy, kubeconfig = state.s3_proxy_url, str(state.proxy_kubeconfig)
+
+    def edit(doc: dict[str, Any]) -> None:
+        for database in (doc.get("databases") or {}).values():
+            s3 = (database.get("storage") or {}).get("s3")
+            if s3 is not None and s3.get("endpoint_url") == state.s3_endpoint:
+                s3["endpoint_url"] = s3_proxy
+        if "kubernetes" in doc:
+            doc["kubernetes"]["kubeconfig"] = kubeconfig
+
+    return edit
+
+
+def environment_dict_through_proxies(state: SandboxState, name: str = "sandbox") -> dict[str, Any]:
+    """`environment_dict`, with S3 and Kubernetes traffic through the fault proxies."""
+    doc = environment_dict(state, name)
+    through_proxies(state)(doc)
+    return doc

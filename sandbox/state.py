@@ -50,6 +50,15 @@ class SandboxState:
     kubeconfig: Path | None = None
     webapp_url: str | None = None
     webapp_pid: int | None = None
+    # The fault proxies (sandbox/faultproxy.py) in front of moto and the API server; None in
+    # a sandbox started before they existed. proxy_kubeconfig's server is kube_proxy_url.
+    s3_proxy_url: str | None = None
+    s3_proxy_control_url: str | None = None
+    s3_proxy_pid: int | None = None
+    kube_proxy_url: str | None = None
+    kube_proxy_control_url: str | None = None
+    kube_proxy_pid: int | None = None
+    proxy_kubeconfig: Path | None = None
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -92,7 +101,8 @@ class SandboxState:
             if f.name not in raw:
                 continue
             value = raw[f.name]
-            if f.name in ("workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig") and value is not None:
+            if f.name in ("workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig",
+                          "proxy_kubeconfig") and value is not None:
                 value = Path(value)
             kwargs[f.name] = value
         return cls(**kwargs)
