@@ -101,9 +101,9 @@ def _status(workdir: Path) -> int:
         print(f"no sandbox in {workdir} (start one with `python -m sandbox up --dir {workdir}`)")
         return 1
     print(f"sandbox in {workdir}: {'healthy' if report['healthy'] else 'NOT healthy'}")
-    for name, c in report["components"].items():
+    for name, c in {**report["components"], **report["proxies"]}.items():
         pid = f"pid {c['pid']}" if c["pid"] else "no process"
-        print(f"  {name:<9} {'up  ' if c['ok'] else 'DOWN'}  {c['address']:<28} {pid:<12} {c['detail']}")
+        print(f"  {name:<10} {'up  ' if c['ok'] else 'DOWN'}  {c['address']:<28} {pid:<12} {c['detail']}")
     if report["environment_file"]:
-        print(f"  config    {report['environment_file']}")
+        print(f"  config     {report['environment_file']}")
     return 0 if report["healthy"] else 1

@@ -112,6 +112,8 @@ class S3Options(Model):
     access_key_id: SecretRef | None = Field(None, description="Access key id; default: the AWS credential chain")
     secret_access_key: SecretRef | None = Field(None, description="Secret access key")
     part_size_mb: int = Field(16, ge=5, le=512, description="Multipart upload part size")
+    max_attempts: int = Field(6, ge=1, le=20, description="Tries of each S3 request (and of a download that "
+                                                          "breaks off), with backoff and jitter")
 
     @model_validator(mode="after")
     def _consistent(self) -> S3Options:

@@ -31,8 +31,6 @@ from tasks.errors import ObjectMissing, PermanentError, TransientError
 
 CHUNK = 1024 * 1024
 PARTIAL = ".partial"
-# botocore's "standard" retry mode: 5xx, throttling and dropped connections, with backoff and jitter.
-S3_MAX_ATTEMPTS = 6
 S3_CONNECT_TIMEOUT_S = 10
 S3_READ_TIMEOUT_S = 120  # one part of a multipart upload can take a while on a slow link
 PARTS_IN_FLIGHT = 2  # parts queued for the uploader thread: bounds memory at 2 x part size
@@ -239,7 +237,7 @@ def classify_s3_error(exc: Exception, where: str = "") -> Exception:
             return TransientError(f"S3 {code or status}{on}{attempts}: {exc}")
         return PermanentError(f"S3 refused the request ({code or status}){on}: {exc}")
     if isinstance(exc, ConnectionError | HTTPClientError):
-        return TransientError(f"S3 unreachable{on} after {S3_MAX_ATTEMPTS} attempt(s): {exc}")
+        return TransientError(f"S3 unreachable{on}: {exc}")
     if isinstance(exc, NoCredentialsError):
         return PermanentError("S3 credentials not found: set access_key_id/secret_access_key or the AWS chain")
     return exc
@@ -361,7 +359,8 @@ class S3Storage:
             "s3",
             endpoint_url=cfg.s3.endpoint_url,
             region_name=cfg.s3.region,
-            config=Config(retries={"mode": "standard", "max_attempts": S3_MAX_ATTEMPTS},
+            # botocore's "standard" mode: 5xx, throttling and dropped connections, backoff with jitter
+            config=Config(retries={"mode": "standard", "total_max_attempts": cfg.s3.max_attempts},
                           connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_READ_TIMEOUT_S),
             **creds,
         )
@@ -390,12 +389,12 @@ class S3Storage:
     def iter_chunks(self, key: str) -> Iterator[bytes]:
         """The object's bytes as they arrive. A connection that breaks mid-body (botocore
         retries a request, not a stream) is picked up where it broke, with a Range request
-        pinned to the same object version by its ETag, up to S3_MAX_ATTEMPTS times."""
+        pinned to the same object version by its ETag, up to `s3.max_attempts` times."""
         from botocore.exceptions import ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
 
         full = self.full_key(key)
         offset, etag = 0, None
-        for attempt in range(1, S3_MAX_ATTEMPTS + 1):
+        for attempt in range(1, self.opts.max_attempts + 1):
             with s3_errors(self.bucket, full):
                 try:
                     pinned = {"Range": f"bytes={offset}-", "IfMatch": etag} if etag else {}
@@ -409,7 +408,7 @@ class S3Storage:
                         yield chunk
                     return
                 except (ResponseStreamingError, ConnectionClosedError, ReadTimeoutError) as exc:
-                    if attempt == S3_MAX_ATTEMPTS:
+                    if attempt == self.opts.max_attempts:
                         raise TransientError(f"S3 download of s3://{self.bucket}/{full} broke off at byte {offset} "
                                              f"{attempt} times: {exc}") from exc
             time.sleep(min(S3_RESUME_BACKOFF_S * 2 ** (attempt - 1), 10.0))

@@ -83,3 +83,31 @@ def make_environment(sandbox: Any, environments_dir: Path) -> Any:
         return name
 
     return make
+
+
+@pytest.fixture
+def through_proxies(sandbox: Any) -> Any:
+    """An edit for `make_environment`: S3 and Kubernetes traffic through the sandbox's fault proxies."""
+    from sandbox.environment import through_proxies
+
+    return through_proxies(sandbox)
+
+
+def _faults(control_url: str) -> Iterator[Any]:
+    from sandbox.faultproxy import FaultProxyClient
+
+    with FaultProxyClient(control_url) as faults:  # the proxies are the session's: start and end clean
+        faults.clear()
+        faults.clear_log()
+        yield faults
+        faults.clear()
+
+
+@pytest.fixture
+def s3_faults(sandbox: Any) -> Iterator[Any]:
+    yield from _faults(sandbox.s3_proxy_control_url)
+
+
+@pytest.fixture
+def kube_faults(sandbox: Any) -> Iterator[Any]:
+    yield from _faults(sandbox.kube_proxy_control_url)

@@ -65,6 +65,7 @@ def test_up_starts_everything_and_status_sees_it_healthy(sandbox):
     cli = _cli("status", "--dir", str(sandbox.workdir))
     assert cli.returncode == 0, cli.stderr
     assert "healthy" in cli.stdout
+    assert "s3-proxy" in cli.stdout and "kube-proxy" in cli.stdout  # what `healthy` counts, it shows
     assert sandbox.pg_password not in cli.stdout + cli.stderr
 
 
