@@ -35,6 +35,7 @@ S3_CONNECT_TIMEOUT_S = 10
 S3_READ_TIMEOUT_S = 120  # one part of a multipart upload can take a while on a slow link
 PARTS_IN_FLIGHT = 2  # parts queued for the uploader thread: bounds memory at 2 x part size
 S3_RESUME_BACKOFF_S = 0.2  # before picking a broken download up again, doubling each time
+S3_RESUME_BACKOFF_MAX_S = 10.0
 ABORT_WAIT_S = 60  # for the uploader to finish its current part before the upload is aborted
 
 
@@ -411,18 +412,19 @@ class S3Storage:
                     if attempt == self.opts.max_attempts:
                         raise TransientError(f"S3 download of s3://{self.bucket}/{full} broke off at byte {offset} "
                                              f"{attempt} times: {exc}") from exc
-            time.sleep(min(S3_RESUME_BACKOFF_S * 2 ** (attempt - 1), 10.0))
+            time.sleep(min(S3_RESUME_BACKOFF_S * 2 ** (attempt - 1), S3_RESUME_BACKOFF_MAX_S))
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
-            return True
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise classify_s3_error(exc, f"s3://{self.bucket}/{self.full_key(key)}") from exc
+        with s3_errors(self.bucket, self.full_key(key)):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+                return True
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
 
     def list_keys(self, prefix: str) -> list[str]:
         full = self.full_key(prefix)
