@@ -9,8 +9,12 @@ On the sandbox (our Kubernetes API server, the sample web service):
 - a bad one (8% errors): rollback_seconds = from the first failed measurement to healthy
   again after the automatic undo; its overhead = wall minus rollout, analysis and recovery.
 
+Runs are as shipped: checkpoints and effects persisted to result storage, heartbeats every
+30 s. Each round also runs a good deploy bare (no result persisted, no heartbeats), so that
+what crash recovery costs is measured in the same run: `checkpoint_cost_seconds`.
+
 Prints a table, then one JSON line with rollback_seconds and overhead_seconds (the larger
-of the two overheads). Target: overhead_seconds under 2.
+of the two overheads). Targets: overhead_seconds under 1, checkpoint_cost_seconds near 0.
 """
 
 from __future__ import annotations
@@ -21,28 +25,40 @@ import statistics
 import time
 from typing import Any
 
-from _lib.common import bench_sandbox, prefect_api  # noqa: E402
+from _lib.common import bench_sandbox, checkpoints, prefect_api  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 
 def main() -> None:
     good: list[dict[str, Any]] = []
+    bare: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
+    written = 0
     with bench_sandbox("deploy", 8), prefect_api():
+        import flows.deploy
         from flows.deploy import deploy
 
         deploy("sandbox", "api", "sandbox/app:warmup")  # imports, client models, first API calls
-        for i in range(ROUNDS):
+
+        def good_deploy(image: str) -> dict[str, Any]:
             start = time.monotonic()
-            r = deploy("sandbox", "api", f"sandbox/app:v{i + 2}")
+            r = deploy("sandbox", "api", image)
             wall = time.monotonic() - start
             analysis_s = r["timings"]["analysis"]
-            good.append({"wall": wall, "rollout": r["timings"]["rollout"], "analysis": analysis_s,
-                         "overhead": wall - r["timings"]["rollout"] - analysis_s})
-            start = time.monotonic()
-            s = deploy("sandbox", "api", f"sandbox/app:v{i + 2}-err8", return_state=True)
-            wall = time.monotonic() - start
+            return {"wall": wall, "rollout": r["timings"]["rollout"], "analysis": analysis_s,
+                    "overhead": wall - r["timings"]["rollout"] - analysis_s}
+
+        for i in range(ROUNDS):
+            with checkpoints(False, flows.deploy):
+                bare.append(good_deploy(f"sandbox/app:v{i + 2}-bare"))
+            with checkpoints(True) as counts:
+                good.append(good_deploy(f"sandbox/app:v{i + 2}"))
+            written += counts["result_files_written"]
+            with checkpoints(True):
+                start = time.monotonic()
+                s = deploy("sandbox", "api", f"sandbox/app:v{i + 2}-err8", return_state=True)
+                wall = time.monotonic() - start
             assert s.is_failed()
             rep = _failed_deploy_figures()
             analysis_s = rep["timings"]["analysis"]
@@ -50,17 +66,22 @@ def main() -> None:
                         "recovery": rep["recovery_seconds"],
                         "overhead": wall - rep["timings"]["rollout"] - analysis_s - rep["recovery_seconds"]})
 
-    print(f"{'run':<28} {'wall s':>7} {'rollout s':>10} {'analysis s':>11} {'recovery s':>11} {'overhead s':>11}")
-    for name, rows in (("good rolling deploy", good), ("bad deploy (8% errors)", bad)):
+    print(f"{'run':<32} {'wall s':>7} {'rollout s':>10} {'analysis s':>11} {'recovery s':>11} {'overhead s':>11}")
+    for name, rows in (("good rolling deploy", good), ("good, bare (no checkpoints)", bare),
+                       ("bad deploy (8% errors)", bad)):
         for i, r in enumerate(rows):
-            print(f"{name + f' #{i + 1}':<28} {r['wall']:>7.2f} {r['rollout']:>10.2f} {r['analysis']:>11.2f} "
+            print(f"{name + f' #{i + 1}':<32} {r['wall']:>7.2f} {r['rollout']:>10.2f} {r['analysis']:>11.2f} "
                   f"{r.get('recovery', 0.0):>11.2f} {r['overhead']:>11.2f}")
     figures = {
         "rounds": ROUNDS,
         "rollback_seconds": round(statistics.median(r["recovery"] for r in bad), 2),
         "good_overhead_seconds": round(statistics.median(r["overhead"] for r in good), 2),
         "bad_overhead_seconds": round(statistics.median(r["overhead"] for r in bad), 2),
+        "good_overhead_bare_seconds": round(statistics.median(r["overhead"] for r in bare), 2),
+        "result_files_per_good_deploy": round(written / ROUNDS, 1),
     }
+    figures["checkpoint_cost_seconds"] = round(figures["good_overhead_seconds"]
+                                               - figures["good_overhead_bare_seconds"], 2)
     figures["overhead_seconds"] = max(figures["good_overhead_seconds"], figures["bad_overhead_seconds"])
     print(json.dumps(figures))
 

@@ -7,7 +7,10 @@ Each environment gets `backup-all/<env>` on its backup cron and `restore-test/<e
 on its restore-test cron, both in the environment's timezone, and, when it has services,
 `deploy/<env>`, `rollback/<env>`, `scale/<env>`, `restart/<env>` and `autoscale/<env>`;
 `backup-database/<env>`, `migrate-database/<env>` and `restore-database/<env>` for manual
-runs. Runs happen in this process; stop it with Ctrl-C.
+runs. Runs happen in this process; stop it with Ctrl-C. It also creates (or updates) the
+automations that mark a run whose heartbeats stopped Crashed and resume it
+(deployments/automations.py); a second serve process serving the same environments picks
+up such a run when this one is gone.
 
 The forms in the UI: a deployment's environment is fixed (read-only), and its `service`
 and `database` fields are dropdowns of that environment's services and databases.
@@ -15,6 +18,7 @@ and `database` fields are dropdowns of that environment's services and databases
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -23,6 +27,7 @@ from prefect.flows import Flow
 from prefect.schedules import Cron
 from prefect.utilities.annotations import freeze
 
+from deployments.automations import HEARTBEAT_SECONDS, ensure_automations
 from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
 from flows.migrate import migrate_database
@@ -76,6 +81,10 @@ def main(argv: list[str]) -> None:
     if not names:
         raise SystemExit(f"no environments in {environments_dir()}: write one, or run `python -m sandbox up`")
     deps = [d for name in names for d in deployments_for(name)]
+    # Runs send heartbeats, and a run whose heartbeats stop is marked Crashed and resumed.
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_SECONDS))
+    for line in ensure_automations():
+        print(line)
     serve(*deps)
 
 

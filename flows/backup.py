@@ -22,12 +22,12 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.transactions import Transaction, transaction
 
-from tasks import backups, locks, postgres, reports, retries
+from tasks import backups, checkpoints, locks, postgres, reports, retries
 from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
 from tasks.errors import CheckFailed, PermanentError, RunbookError
 from tasks.faults import fault_point
 from tasks.naming import artifact_key, namer
-from tasks.prefect_api import holding, remember_for_rollback, tag_run
+from tasks.prefect_api import HOOKS, holding, remember_for_rollback, resume_attempt
 from tasks.redact import scrub
 from tasks.retention import RetentionPlan, plan_retention
 from tasks.storage import open_storage
@@ -38,7 +38,7 @@ LOCK_TIMEOUT = timedelta(hours=4).total_seconds()
 # --- tasks ----------------------------------------------------------------------------------------
 
 
-@task(**retries.policy("postgres"))
+@task(**retries.policy("postgres"), **checkpoints.OBSERVE)
 def preflight(env: EnvironmentConfig, database: str) -> dict[str, Any]:
     """The database answers, pg_dump is new enough for the server, storage takes writes."""
     cfg = env.database(database)
@@ -59,17 +59,26 @@ def preflight(env: EnvironmentConfig, database: str) -> dict[str, Any]:
             "stale_uploads_aborted": aborted}
 
 
-@task(**retries.policy("postgres"))
-def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None,
+@task(**checkpoints.CHECKPOINT)
+def allocate_backup_id(env: EnvironmentConfig, database: str) -> str:
+    """The checkpoint: this run's backup id, so that every attempt writes under one prefix."""
+    return backups.new_backup_id()
+
+
+@task(**retries.policy("postgres"), **checkpoints.EFFECT)
+def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None, backup_id: str,
                     pg_dump_major: int) -> backups.Manifest:
-    """Snapshot, exact row counts, then pg_dump --snapshot streamed into storage."""
+    """Snapshot, exact row counts, then pg_dump --snapshot streamed into storage. What an
+    earlier attempt of this run left under the backup's prefix is discarded first."""
     logger = get_run_logger()
     cfg = env.database(database)
     server = postgres.server_for(cfg)
     storage = open_storage(cfg.storage)
-    backup_id = backups.new_backup_id()
     prefix = backups.backup_prefix(database, backup_id)
     remember_for_rollback(cfg=cfg, prefix=prefix)
+    storage.abort_stale_uploads(prefix)
+    if storage.delete_prefix(prefix):
+        logger.warning("discarded what an earlier attempt of this run left under %s; dumping again", prefix)
     progress_id = create_progress_artifact(progress=0.0, key=artifact_key("backup-progress", env.name, database),
                                            description=f"pg_dump of {database} into {cfg.storage.url}")
 
@@ -104,7 +113,7 @@ def discard_upload(txn: Transaction) -> None:
     open_storage(cfg.storage).delete_prefix(txn.get("prefix"))
 
 
-@task(**retries.policy("storage"))
+@task(**retries.policy("storage"), **checkpoints.OBSERVE)
 def verify_backup(env: EnvironmentConfig, manifest: backups.Manifest) -> backups.Manifest:
     """Read the stored objects back against their checksums; read the archive's TOC."""
     storage = open_storage(env.database(manifest.database).storage)
@@ -119,21 +128,21 @@ def verify_backup(env: EnvironmentConfig, manifest: backups.Manifest) -> backups
     return manifest.model_copy(update={"durations": durations})
 
 
-@task(**retries.policy("storage"))
+@task(**retries.policy("storage"), **checkpoints.EFFECT)
 def commit_manifest(env: EnvironmentConfig, manifest: backups.Manifest) -> backups.Manifest:
     """Write the manifest last: from here on the backup exists."""
     backups.write_manifest(open_storage(env.database(manifest.database).storage), manifest)
     return manifest
 
 
-@task(**retries.policy("storage"))
+@task(**retries.policy("storage"), **checkpoints.OBSERVE)
 def find_committed_backup(env: EnvironmentConfig, database: str, run_id: str | None) -> backups.Manifest | None:
     """A backup this same flow run already committed (a retry after a crash past upload)."""
     storage = open_storage(env.database(database).storage)
     return backups.read_catalogue(storage, database).for_run(run_id)
 
 
-@task(**retries.policy("storage"))
+@task(**retries.policy("storage"), **checkpoints.REDO)
 def apply_retention(env: EnvironmentConfig, database: str, now: datetime) -> RetentionPlan:
     """Plan by the policy, then delete; the newest valid backup always stays."""
     cfg = env.database(database)
@@ -145,7 +154,7 @@ def apply_retention(env: EnvironmentConfig, database: str, now: datetime) -> Ret
     return plan
 
 
-@task
+@task(**checkpoints.REDO)
 def backup_one(environment: str, database: str) -> dict[str, Any]:
     """Run one database's backup as a subflow and report its outcome without raising."""
     state = backup_database(environment, database, return_state=True)
@@ -157,7 +166,7 @@ def backup_one(environment: str, database: str) -> dict[str, Any]:
 # --- flows ------------------------------------------------------------------------------------------
 
 
-@flow(name="backup-database", flow_run_name=namer("backup-database"), on_running=[tag_run])
+@flow(name="backup-database", flow_run_name=namer("backup-database"), **HOOKS)
 def backup_database(environment: str, database: str) -> dict[str, Any]:
     """Back up one database: preflight, consistent dump streamed to storage, verify,
     commit the manifest, apply retention, and report. A re-run of the same flow run
@@ -169,6 +178,7 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
     """
     env = load_environment(environment)
     env.database(database).check_secrets()  # unknown database or missing secret: fails before anything runs
+    resume_attempt()
     # A retry of this run, or of the backup_all run above it, finds what it committed.
     run_id = str(flow_run.root_flow_run_id or flow_run.id or "") or None
     manifest: backups.Manifest | None = None
@@ -182,11 +192,14 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
             if not reused:
                 preflight_checks = preflight(env, database)
                 with transaction():
-                    dumped = dump_to_storage(env, database, run_id, preflight_checks["pg_dump_major"])
-                    manifest = commit_manifest(env, verify_backup(env, dumped))
+                    dumped = dump_to_storage(env, database, run_id, allocate_backup_id(env, database),
+                                             preflight_checks["pg_dump_major"])
+                    verified = verify_backup(env, dumped)
+                    fault_point("backup.before-manifest")
+                    manifest = commit_manifest(env, verified)
             fault_point("backup.after-commit")
             plan = apply_retention(env, database, datetime.now(UTC))
-    except Exception as exc:
+    except BaseException as exc:  # a failure, or a cancel's SIGTERM
         reports.publish(reports.backup(env, database, manifest, reused, None, scrub(str(exc)), preflight_checks))
         raise
     reports.publish(reports.backup(env, database, manifest, reused, plan, None, preflight_checks))
@@ -199,7 +212,7 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
     }
 
 
-@flow(name="backup-all", flow_run_name=namer("backup-all"), on_running=[tag_run],
+@flow(name="backup-all", flow_run_name=namer("backup-all"), **HOOKS,
       task_runner=ThreadPoolTaskRunner(max_workers=8), retries=1, retry_delay_seconds=60)
 def backup_all(environment: str) -> list[dict[str, Any]]:
     """Back up every database of the environment, as one subflow each, at most

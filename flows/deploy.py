@@ -24,12 +24,24 @@ from prefect.transactions import Transaction, transaction
 
 from flows.backup import backup_database
 from flows.migrate import migrate_database
-from tasks import analysis, approvals, checks, http_checks, kubernetes, locks, reports, retries, rollout
+from tasks import (
+    analysis,
+    approvals,
+    checkpoints,
+    checks,
+    http_checks,
+    kubernetes,
+    locks,
+    reports,
+    retries,
+    rollout,
+)
 from tasks.checks import Check
 from tasks.config import AnalysisConfig, EnvironmentConfig, check_choice, load_environment, validate_image
 from tasks.errors import CheckFailed, PolicyRefused
+from tasks.faults import fault_point
 from tasks.naming import artifact_key, namer
-from tasks.prefect_api import holding, remember_for_rollback, tag_run
+from tasks.prefect_api import HOOKS, holding, remember_for_rollback, resume_attempt
 from tasks.records import DeployRecord, held
 from tasks.windows import active_freeze
 
@@ -40,9 +52,7 @@ MIGRATE_STEPS = ("none", "before", "after")
 # --- tasks: rolling ---------------------------------------------------------------------------------
 
 
-@task(**retries.policy("kubernetes"))
-def read_service_state(env: EnvironmentConfig, service: str) -> dict[str, Any]:
-    """The image, revision and replicas the service runs now."""
+def _service_state(env: EnvironmentConfig, service: str) -> dict[str, Any]:
     svc = env.service(service)
     with kubernetes.api_client(env.kubernetes) as api:
         name = kubernetes.live_deployment(api, svc)
@@ -51,9 +61,22 @@ def read_service_state(env: EnvironmentConfig, service: str) -> dict[str, Any]:
             "replicas": dep.get("spec", {}).get("replicas", 1), "deployment": name}
 
 
-@task
+@task(**retries.policy("kubernetes"), **checkpoints.CHECKPOINT)
+def remember_service_state(env: EnvironmentConfig, service: str) -> dict[str, Any]:
+    """The checkpoint: the image, revision and replicas the service ran before this deploy.
+    A resumed attempt compares with this, not with what its first attempt changed."""
+    return _service_state(env, service)
+
+
+@task(**retries.policy("kubernetes"), **checkpoints.OBSERVE)
+def read_service_state(env: EnvironmentConfig, service: str) -> dict[str, Any]:
+    """The image, revision and replicas the service runs now."""
+    return _service_state(env, service)
+
+
+@task(**checkpoints.EFFECT)
 def set_image(env: EnvironmentConfig, service: str, image: str, before: dict[str, Any]) -> dict[str, Any]:
-    """`kubectl set image`: only the named container changes."""
+    """`kubectl set image`: only the named container changes; a no-op when it runs the image."""
     svc = env.service(service)
     remember_for_rollback(env=env, service=service, before=before)
     with kubernetes.api_client(env.kubernetes) as api:
@@ -73,7 +96,7 @@ def undo_image(txn: Transaction) -> None:
         kubernetes.wait_for_rollout(api, svc.namespace, svc.deployment, svc.rollout_timeout.total_seconds())
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def wait_for_rollout(env: EnvironmentConfig, service: str, deployment: str | None = None) -> dict[str, Any]:
     """`kubectl rollout status` with the Deployment's progress deadline."""
     svc = env.service(service)
@@ -84,7 +107,7 @@ def wait_for_rollout(env: EnvironmentConfig, service: str, deployment: str | Non
     return {"message": status.message, "seconds": round(time.monotonic() - started, 3)}
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def run_analysis(env: EnvironmentConfig, service: str, cfg: AnalysisConfig, health_urls: list[str],
                  metrics_url: str | None, label: str) -> dict[str, Any]:
     """Measure every interval until the analysis decides: Successful, Failed, Inconclusive or Error."""
@@ -92,14 +115,14 @@ def run_analysis(env: EnvironmentConfig, service: str, cfg: AnalysisConfig, heal
         return http_checks.run_analysis(client, analysis.spec_of(cfg), health_urls, metrics_url, label)
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def run_smoke_checks(env: EnvironmentConfig, service: str) -> list[Check]:
     svc = env.service(service)
     with http_checks.client(svc.http_timeout) as client:
         return [http_checks.smoke_check(client, c) for c in svc.smoke_checks]
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def confirm_recovered(env: EnvironmentConfig, service: str, expected_image: str) -> dict[str, Any]:
     """After a rollback: the old image runs again and the health URLs answer 2xx."""
     svc = env.service(service)
@@ -115,7 +138,7 @@ def confirm_recovered(env: EnvironmentConfig, service: str, expected_image: str)
 # --- tasks: blue-green --------------------------------------------------------------------------------
 
 
-@task
+@task(**checkpoints.EFFECT)
 def deploy_colour(env: EnvironmentConfig, service: str, colour: str, live: str, image: str,
                   replicas: int) -> dict[str, Any]:
     """`kubectl apply -f kubernetes/green/`: the idle colour gets the new image."""
@@ -136,14 +159,14 @@ def scale_colour_down(txn: Transaction) -> None:
         kubernetes.scale(api, svc.namespace, rollout.colour_name(svc.deployment, txn.get("colour")), 0)
 
 
-@task
+@task(**checkpoints.EFFECT)
 def point_preview(env: EnvironmentConfig, service: str, colour: str, live: str) -> dict[str, Any]:
     """The preview Service selects the new colour, for the pre-promotion analysis."""
     with kubernetes.api_client(env.kubernetes) as api:
         return kubernetes.point_preview(api, env.service(service), colour, live)
 
 
-@task
+@task(**checkpoints.EFFECT)
 def switch_traffic(env: EnvironmentConfig, service: str, colour: str, live: str) -> dict[str, Any]:
     """`kubectl apply -f kubernetes/ingress-green.yaml`: the live Service selects the new
     colour, or the Ingress routes to the new colour's Service."""
@@ -161,7 +184,7 @@ def switch_back(txn: Transaction) -> None:
         kubernetes.route_back(api, env.service(txn.get("service")), txn.get("previous"))
 
 
-@task
+@task(**checkpoints.EFFECT)
 def retire_colour(env: EnvironmentConfig, service: str, colour: str) -> dict[str, Any]:
     """After the grace period, scale the old colour to 0 (kept, for a quick switch back)."""
     svc = env.service(service)
@@ -224,11 +247,12 @@ def rolling(env: EnvironmentConfig, service: str, image: str, record: DeployReco
         with transaction():
             set_image(env, service, image, record.before)
             record.changed = True
+            fault_point("deploy.after-set-image")
             rollout_gate(env, service, record)
             analysis_gate(record, run_analysis(env, service, svc.analysis, svc.health_urls, svc.metrics_url,
                                                "after rollout"))
             smoke_gate(env, service, record)
-    except Exception:
+    except BaseException:  # a failure, or a cancel's SIGTERM: the same undo
         record.rolled_back = record.changed  # the transaction's rollback hook undid the change
         raise
 
@@ -256,7 +280,7 @@ def blue_green(env: EnvironmentConfig, service: str, image: str, record: DeployR
             analysis_gate(record, run_analysis(env, service, svc.analysis, svc.health_urls, svc.metrics_url,
                                                "post-promotion"))
             smoke_gate(env, service, record)
-    except Exception:
+    except BaseException:  # a failure, or a cancel's SIGTERM: the same undo
         record.rolled_back = record.changed
         raise
     record.timings["grace"] = retire_colour(env, service, live)["after_seconds"]
@@ -275,7 +299,7 @@ def check_recovery(env: EnvironmentConfig, service: str, record: DeployRecord) -
 # --- flow ------------------------------------------------------------------------------------------
 
 
-@flow(name="deploy", flow_run_name=namer("deploy"), on_running=[tag_run])
+@flow(name="deploy", flow_run_name=namer("deploy"), **HOOKS)
 def deploy(environment: str, service: str, image: str,
            strategy: Literal["from config", "rolling", "blue-green"] = "from config",
            migrate: Literal["none", "before", "after"] = "none") -> dict[str, Any]:
@@ -296,6 +320,7 @@ def deploy(environment: str, service: str, image: str,
     svc = env.service(service)
     validate_image(image, svc)
     record = DeployRecord(env.name, service, image, env.deploy_strategy(service, strategy))
+    record.resumed(resume_attempt())
     check_choice("migrate", migrate, MIGRATE_STEPS)
     database = env.database_of(service) if migrate != "none" else None
     started = time.monotonic()
@@ -306,7 +331,7 @@ def deploy(environment: str, service: str, image: str,
                 record.approver = approvals.ask_approval(f"Deploy {image} to {service} in {env.name}?")
             if svc.backup_database:
                 record.backup_id = backup_database(env.name, svc.backup_database)["backup_id"]
-            record.before = read_service_state(env, service)
+            record.before = remember_service_state(env, service)
             if migrate == "before":
                 record.migration = migrate_database(env.name, database, image=image)
             ROLLOUTS[record.strategy](env, service, image, record)
@@ -316,7 +341,7 @@ def deploy(environment: str, service: str, image: str,
                 # but does not undo the image (the migration report says what to restore).
                 record.migration = migrate_database(env.name, database, image=image)
             record.outcome = "succeeded"
-    except Exception as exc:
+    except BaseException as exc:  # a failure, or a cancel's SIGTERM
         record.fail(exc)
         if record.rolled_back:
             check_recovery(env, service, record)

@@ -24,12 +24,12 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from flows.backup import backup_database
-from tasks import checks, kubernetes, migration_plan, migrations, postgres, reports, retries
+from tasks import checkpoints, checks, kubernetes, migration_plan, migrations, postgres, reports, retries
 from tasks.config import EnvironmentConfig, load_environment, validate_image
 from tasks.errors import CheckFailed, ConfigError
 from tasks.migration_plan import Applied, Migration, Plan
 from tasks.naming import artifact_key, migration_job_name, namer
-from tasks.prefect_api import tag_run
+from tasks.prefect_api import HOOKS, resume_attempt
 from tasks.records import MigrationRecord, held, timed
 from tasks.restores import run_smoke_queries
 
@@ -69,7 +69,7 @@ def read_files(env: EnvironmentConfig, database: str, target_version: Any, recor
 # --- tasks ------------------------------------------------------------------------------------------
 
 
-@task(**retries.policy("postgres"))
+@task(**retries.policy("postgres"), **checkpoints.OBSERVE)
 def plan_migrations(env: EnvironmentConfig, database: str, files: list[Migration], target: int | None) -> Plan:
     """`flyway info`: compare the files with the history table (read only). Refuses a
     changed applied file, a target below what is applied, an unresolved failure."""
@@ -79,14 +79,14 @@ def plan_migrations(env: EnvironmentConfig, database: str, files: list[Migration
     return migration_plan.plan(files, history, target)
 
 
-@task(**retries.policy("postgres"))
+@task(**retries.policy("postgres"), **checkpoints.EFFECT)
 def ensure_history_table(env: EnvironmentConfig, database: str) -> bool:
     cfg = env.database(database)
     with postgres.connect(postgres.server_for(cfg), cfg.dbname) as conn:
         return migrations.ensure_history_table(conn)
 
 
-@task(**retries.policy("postgres"))
+@task(**retries.policy("postgres"), **checkpoints.EFFECT)
 def apply_migration(env: EnvironmentConfig, database: str, migration: Migration, flow_run_id: str) -> Applied:
     """Apply one file with lock_timeout and statement_timeout, recording it in the history.
     A transactional file rolled back by a lock timeout or deadlock is retried."""
@@ -95,7 +95,7 @@ def apply_migration(env: EnvironmentConfig, database: str, migration: Migration,
                             cfg.migrations.statement_timeout, flow_run_id)
 
 
-@task(**retries.policy("postgres"))
+@task(**retries.policy("postgres"), **checkpoints.OBSERVE)
 def verify_schema(env: EnvironmentConfig, database: str) -> list[checks.Check]:
     """The verification queries from config, read only, each against its expectation."""
     cfg = env.database(database)
@@ -103,7 +103,7 @@ def verify_schema(env: EnvironmentConfig, database: str) -> list[checks.Check]:
         return run_smoke_queries(conn, cfg.migrations.verify_queries)
 
 
-@task(**retries.policy("kubernetes"))
+@task(**retries.policy("kubernetes"), **checkpoints.OBSERVE)
 def current_image(env: EnvironmentConfig, service: str) -> str:
     """The image the service runs now: the one its migrations belong to."""
     svc = env.service(service)
@@ -112,7 +112,7 @@ def current_image(env: EnvironmentConfig, service: str) -> str:
     return kubernetes.container_image(dep, svc.container)
 
 
-@task
+@task(**checkpoints.EFFECT)
 def run_migration_job(env: EnvironmentConfig, database: str, image: str, name: str) -> dict[str, Any]:
     """`kubectl create job ... -- <command>` from the application's image; wait for it,
     keep its log and exit code."""
@@ -200,7 +200,7 @@ def verify(env: EnvironmentConfig, database: str, record: MigrationRecord) -> No
 # --- flow ---------------------------------------------------------------------------------------------
 
 
-@flow(name="migrate-database", flow_run_name=namer("migrate-database"), on_running=[tag_run])
+@flow(name="migrate-database", flow_run_name=namer("migrate-database"), **HOOKS)
 def migrate_database(environment: str, database: str, target_version: int | str | None = None,
                      dry_run: bool = False, image: str | None = None) -> dict[str, Any]:
     """Migrate one database's schema: take the migration lock (a second run fails at once),
@@ -223,6 +223,7 @@ def migrate_database(environment: str, database: str, target_version: int | str 
     cfg.check_secrets()
     check_parameters(env, database, target_version, image)
     record = MigrationRecord(env.name, database, "job" if cfg.migrations.job else "sql", dry_run, image=image)
+    record.resumed(resume_attempt())
     files = read_files(env, database, target_version, record)
     started = time.monotonic()
     try:
@@ -235,7 +236,7 @@ def migrate_database(environment: str, database: str, target_version: int | str 
                 apply_pending(env, database, files, record)
             verify(env, database, record)
         record.outcome = record.final_outcome
-    except Exception as exc:
+    except BaseException as exc:  # a failure, or a cancel's SIGTERM
         record.fail(exc)
         raise
     finally:

@@ -24,15 +24,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, transaction
 
-from tasks import approvals, backups, checks, http_checks, kubernetes, locks, postgres, reports
+from tasks import approvals, backups, checkpoints, checks, http_checks, kubernetes, locks, postgres, reports
 from tasks.config import EnvironmentConfig, check_choice, load_environment
 from tasks.errors import CheckFailed, ConfigError, PermanentError
 from tasks.faults import fault_point
 from tasks.naming import RestoreNames, artifact_key, namer, restore_names
-from tasks.prefect_api import holding, remember_for_rollback, tag_run
+from tasks.prefect_api import HOOKS, holding, remember_for_rollback, resume_attempt
 from tasks.records import App, RestoreRecord, timed
 from tasks.redact import scrub
 from tasks.restores import choose_backup, drop_scratch, restore_into_scratch, verify_restored
@@ -49,9 +48,16 @@ def _server(env: EnvironmentConfig, database: str) -> postgres.Server:
     return postgres.server_for(env.database(database))
 
 
-@task
+@task(**checkpoints.CHECKPOINT)
+def name_copies(env: EnvironmentConfig, database: str) -> RestoreNames:
+    """The checkpoint: the names of this run's copies, from the time it started."""
+    return restore_names(env.database(database).dbname, datetime.now(UTC))
+
+
+@task(**checkpoints.CHECKPOINT)
 def check_names(env: EnvironmentConfig, database: str, names: RestoreNames, mode: str) -> int | None:
-    """The copies' names are free and, for a swap, the live database exists. Returns its oid."""
+    """The copies' names are free and, for a swap, the live database exists. Returns its oid:
+    the checkpoint that tells production's database from the restored one ever after."""
     server = _server(env, database)
     oid = postgres.database_oid(server, names.live)
     if mode == "swap" and oid is None:
@@ -64,32 +70,50 @@ def check_names(env: EnvironmentConfig, database: str, names: RestoreNames, mode
     return oid
 
 
-@task(cache_policy=NO_CACHE)
+@task(**checkpoints.REDO)
 def terminate_connections(env: EnvironmentConfig, database: str, dbname: str) -> int:
     """`pg_terminate_backend` on every session of the live database but ours."""
     return postgres.terminate_connections(_server(env, database), dbname)
 
 
-@task(cache_policy=NO_CACHE)
-def swap_in(env: EnvironmentConfig, database: str, names: RestoreNames) -> int:
+def _oids(env: EnvironmentConfig, database: str, names: RestoreNames) -> tuple[int | None, int | None]:
+    server = _server(env, database)
+    return postgres.database_oid(server, names.live), postgres.database_oid(server, names.kept)
+
+
+@task(**checkpoints.OBSERVE)
+def find_swap(env: EnvironmentConfig, database: str, names: RestoreNames, original_oid: int | None) -> bool:
+    """Did an earlier attempt of this run swap already? Told by oids, never by names."""
+    return checks.swap_phase(original_oid, *_oids(env, database, names)) == "swapped"
+
+
+@task(**checkpoints.EFFECT)
+def swap_in(env: EnvironmentConfig, database: str, names: RestoreNames, original_oid: int | None) -> int:
     """`ALTER DATABASE live RENAME TO <db>_pre_restore_…; ALTER DATABASE <db>_restore_… RENAME
     TO live`, both in one transaction, with new sessions refused meanwhile. Returns the
-    sessions it terminated."""
-    remember_for_rollback(env=env, database=database, names=names)
+    sessions it terminated. A swap that an earlier attempt did is not done again."""
+    remember_for_rollback(env=env, database=database, names=names, original_oid=original_oid)
+    phase = checks.swap_phase(original_oid, *_oids(env, database, names))
+    if phase == "swapped":
+        return 0
+    if phase != "before":
+        raise PermanentError(f"will not swap {names.live!r}: {phase}; nothing was renamed")
     return postgres.swap_databases(_server(env, database), names.live, names.restored, names.kept)
 
 
 @swap_in.on_rollback
 def swap_back(txn: Transaction) -> None:
-    """Undo of swap_in: the original takes its name back, the restored copy its scratch name."""
-    names: RestoreNames = txn.get("names")
-    postgres.swap_databases(_server(txn.get("env"), txn.get("database")), names.live, names.kept, names.restored)
+    """Undo of swap_in: the original takes its name back, the restored copy its scratch name.
+    Nothing to do when the original is live already."""
+    env, database, names = txn.get("env"), txn.get("database"), txn.get("names")
+    if checks.swap_phase(txn.get("original_oid"), *_oids(env, database, names)) == "swapped":
+        postgres.swap_databases(_server(env, database), names.live, names.kept, names.restored)
 
 
 # --- tasks: the apps ----------------------------------------------------------------------------------
 
 
-@task
+@task(**checkpoints.CHECKPOINT)
 def remember_replicas(env: EnvironmentConfig, service: str) -> App:
     """The checkpoint: which Deployment serves the service, and its replicas now."""
     svc = env.service(service)
@@ -109,11 +133,12 @@ def _scale_and_wait(env: EnvironmentConfig, app: App, replicas: int) -> None:
             kubernetes.wait_for_rollout(api, app.namespace, app.deployment, timeout)
 
 
-@task(cache_policy=NO_CACHE)
+@task(**checkpoints.EFFECT)
 def scale_down(env: EnvironmentConfig, app: App) -> int:
-    """`kubectl scale --replicas=0`. Returns the replicas it had, which the undo puts back."""
+    """`kubectl scale --replicas=0`. Returns the replicas it had, which the undo puts back:
+    on a replay after a crash the app is at 0 already, and the checkpoint says how many."""
     with kubernetes.api_client(env.kubernetes) as api:
-        before = kubernetes.scale(api, app.namespace, app.deployment, 0)
+        before = kubernetes.scale(api, app.namespace, app.deployment, 0) or app.replicas
     remember_for_rollback(env=env, app=replace(app, replicas=before))
     return before
 
@@ -125,7 +150,7 @@ def scale_back(txn: Transaction) -> None:
     _scale_and_wait(txn.get("env"), app, app.replicas)
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def wait_scaled_down(env: EnvironmentConfig, apps: list[App]) -> None:
     """Until no pod of the apps is left."""
     with kubernetes.api_client(env.kubernetes) as api:
@@ -134,7 +159,7 @@ def wait_scaled_down(env: EnvironmentConfig, apps: list[App]) -> None:
                                         env.service(app.service).rollout_timeout.total_seconds())
 
 
-@task(cache_policy=NO_CACHE)
+@task(**checkpoints.EFFECT)
 def scale_up(env: EnvironmentConfig, app: App) -> None:
     """`kubectl scale --replicas=<as before>`. The undo takes it down again, so that a swap
     back never happens under a running app."""
@@ -167,7 +192,7 @@ def _apps_now(env: EnvironmentConfig, apps: list[App], *, wait_for_rollout: bool
     return replicas, unhealthy
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def wait_healthy(env: EnvironmentConfig, apps: list[App]) -> dict[str, Any]:
     """`kubectl rollout status` for each app, then its health URLs answer 2xx."""
     replicas, unhealthy = _apps_now(env, apps, wait_for_rollout=True)
@@ -176,7 +201,7 @@ def wait_healthy(env: EnvironmentConfig, apps: list[App]) -> dict[str, Any]:
     return {"healthy_at": time.time(), "replicas": replicas}
 
 
-@task
+@task(**checkpoints.OBSERVE)
 def check_recovered(env: EnvironmentConfig, database: str, record: RestoreRecord) -> dict[str, Any]:
     """After a failure: is the original database live under its name, are the apps back at
     their replicas, and healthy? (`checks.recovery`)"""
@@ -223,7 +248,7 @@ def restore_beside(env: EnvironmentConfig, database: str, manifest: backups.Mani
     """mode=new: restore and check the copy; keep it if it passes, drop it if not."""
     try:
         restore_and_check(env, manifest, record)
-    except Exception:
+    except BaseException:  # a failure, or a cancel's SIGTERM: the same undo
         record.scratch = drop_restored_copy(env, database, record.names)
         raise
 
@@ -235,6 +260,10 @@ def restore_and_swap(env: EnvironmentConfig, database: str, manifest: backups.Ma
     again, swap back, apps to their replicas); then the restored copy is dropped."""
     names = record.names
     record.apps = [remember_replicas(env, service) for service in env.database(database).apps]
+    record.swapped = find_swap(env, database, names, record.original_oid)
+    if record.swapped:
+        record.notes.append(f"An earlier attempt of this run swapped {names.live!r} after its checks passed, "
+                            "then stopped; this attempt went on from the scale-up.")
     reports.publish(reports.restore(record))  # the checkpoint, for a person should this run die
     try:
         with transaction():
@@ -246,10 +275,11 @@ def restore_and_swap(env: EnvironmentConfig, database: str, manifest: backups.Ma
                 wait_scaled_down(env, record.apps)
             with timed(record.timings, "terminate sessions"):
                 record.sessions_terminated = terminate_connections(env, database, names.live)
-            restore_and_check(env, manifest, record)
+            if not record.swapped:  # a resumed attempt whose first one swapped skips to the scale-up
+                restore_and_check(env, manifest, record)
             fault_point("restore.before-swap")
             with timed(record.timings, "swap"):
-                record.sessions_terminated += swap_in(env, database, names)
+                record.sessions_terminated += swap_in(env, database, names, record.original_oid)
             record.swapped = True
             fault_point("restore.after-swap")
             with timed(record.timings, "scale back and healthy"):
@@ -258,7 +288,7 @@ def restore_and_swap(env: EnvironmentConfig, database: str, manifest: backups.Ma
                 fault_point("restore.after-scale-up")
                 healthy = wait_healthy(env, record.apps)
             record.healthy_at, record.replicas_after = healthy["healthy_at"], healthy["replicas"]
-    except Exception:
+    except BaseException:  # a failure, or a cancel's SIGTERM: the same undo
         record.scratch = drop_restored_copy(env, database, names)
         raise
 
@@ -290,7 +320,7 @@ def check_recovery(env: EnvironmentConfig, database: str, record: RestoreRecord)
 # --- flow ---------------------------------------------------------------------------------------------
 
 
-@flow(name="restore-database", flow_run_name=namer("restore-database"), on_running=[tag_run])
+@flow(name="restore-database", flow_run_name=namer("restore-database"), **HOOKS)
 def restore_database(environment: str, database: str, backup_id: str | None = None,
                      mode: Literal["swap", "new"] = "swap") -> dict[str, Any]:
     """Restore the newest valid backup (or `backup_id`) of a database. `swap` puts it in
@@ -313,7 +343,8 @@ def restore_database(environment: str, database: str, backup_id: str | None = No
     cfg = env.database(database)
     mode = check_choice("mode", mode, MODES, "a restore mode")
     cfg.check_secrets()
-    record = RestoreRecord(env.name, database, mode, restore_names(cfg.dbname, datetime.now(UTC)))
+    record = RestoreRecord(env.name, database, mode, name_copies(env, database))
+    record.resumed(resume_attempt())
     started = time.monotonic()
     try:
         manifest = choose_backup(env, database, backup_id)
@@ -324,7 +355,7 @@ def restore_database(environment: str, database: str, backup_id: str | None = No
         with holding(locks.restore(env, database, mode), timeout_seconds=LOCK_TIMEOUT):
             RESTORES[mode](env, database, manifest, record)
         record.outcome = "succeeded"
-    except Exception as exc:
+    except BaseException as exc:  # a failure, or a cancel's SIGTERM
         record.fail(exc)
         if record.changed:
             check_recovery(env, database, record)

@@ -14,19 +14,27 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow
+from prefect import flow, task
 from prefect.runtime import flow_run
 
-from tasks import checks, reports
-from tasks.config import load_environment
+from tasks import checkpoints, checks, reports
+from tasks.config import EnvironmentConfig, load_environment
 from tasks.errors import CheckFailed
 from tasks.naming import artifact_key, namer, scratch_name
-from tasks.prefect_api import tag_run
+from tasks.prefect_api import HOOKS, resume_attempt
 from tasks.redact import scrub
 from tasks.restores import choose_backup, drop_scratch, restore_into_scratch, verify_restored
 
 
-@flow(name="restore-test", flow_run_name=namer("restore-test"), on_running=[tag_run])
+@task(**checkpoints.CHECKPOINT)
+def name_scratch(env: EnvironmentConfig, database: str) -> tuple[datetime, str]:
+    """The checkpoint: when this run started and its scratch database's name, so that a
+    resumed attempt restores into (and drops) the same one."""
+    started_at = datetime.now(UTC)
+    return started_at, scratch_name(env.database(database).dbname, started_at, str(flow_run.id or ""))
+
+
+@flow(name="restore-test", flow_run_name=namer("restore-test"), **HOOKS)
 def restore_test(environment: str, database: str, backup_id: str | None = None) -> dict[str, Any]:
     """Prove a backup restores: fetch it with its checksum checked, restore into a
     scratch database with pg_restore -j, compare row counts with the manifest, run
@@ -41,8 +49,8 @@ def restore_test(environment: str, database: str, backup_id: str | None = None) 
     env = load_environment(environment)
     cfg = env.database(database)
     cfg.check_secrets()
-    started_at = datetime.now(UTC)
-    scratch = scratch_name(cfg.dbname, started_at, str(flow_run.id or ""))
+    resume_attempt()
+    started_at, scratch = name_scratch(env, database)
     manifest = None
     results: list[checks.Check] = []
     timings: dict[str, float] = {}

@@ -11,13 +11,13 @@ from typing import Any
 
 from prefect import flow, task
 
-from tasks import kubernetes, reports
+from tasks import checkpoints, kubernetes, reports
 from tasks.config import EnvironmentConfig, check_autoscaler, check_replicas, load_environment
 from tasks.naming import namer
-from tasks.prefect_api import tag_run
+from tasks.prefect_api import HOOKS, resume_attempt
 
 
-@task
+@task(**checkpoints.EFFECT)
 def scale_deployment(env: EnvironmentConfig, service: str, replicas: int) -> dict[str, Any]:
     svc = env.service(service)
     with kubernetes.api_client(env.kubernetes) as api:
@@ -27,7 +27,7 @@ def scale_deployment(env: EnvironmentConfig, service: str, replicas: int) -> dic
     return {"replicas before": before, "replicas after": replicas, "status": status.message}
 
 
-@task
+@task(**checkpoints.EFFECT)
 def restart_deployment(env: EnvironmentConfig, service: str) -> dict[str, Any]:
     svc = env.service(service)
     with kubernetes.api_client(env.kubernetes) as api:
@@ -36,7 +36,7 @@ def restart_deployment(env: EnvironmentConfig, service: str) -> dict[str, Any]:
     return {"status": status.message}
 
 
-@task
+@task(**checkpoints.EFFECT)
 def set_autoscaler(env: EnvironmentConfig, service: str, min_replicas: int, max_replicas: int,
                    cpu_percent: int) -> dict[str, Any]:
     svc = env.service(service)
@@ -45,7 +45,7 @@ def set_autoscaler(env: EnvironmentConfig, service: str, min_replicas: int, max_
     return {"min": min_replicas, "max": max_replicas, "cpu_percent": cpu_percent}
 
 
-@flow(name="scale", flow_run_name=namer("scale"), on_running=[tag_run])
+@flow(name="scale", flow_run_name=namer("scale"), **HOOKS)
 def scale(environment: str, service: str, replicas: int) -> dict[str, Any]:
     """Scale a service to a number of replicas and wait until they are available.
 
@@ -56,12 +56,13 @@ def scale(environment: str, service: str, replicas: int) -> dict[str, Any]:
     """
     env = load_environment(environment)
     env.service(service)
+    resume_attempt()
     figures = scale_deployment(env, service, check_replicas(replicas))
     reports.publish(reports.scaling(env.name, service, "scale", figures))
     return figures
 
 
-@flow(name="restart", flow_run_name=namer("restart"), on_running=[tag_run])
+@flow(name="restart", flow_run_name=namer("restart"), **HOOKS)
 def restart(environment: str, service: str) -> dict[str, Any]:
     """`kubectl rollout restart`: new pods with the same spec, one rollout at a time.
 
@@ -71,12 +72,13 @@ def restart(environment: str, service: str) -> dict[str, Any]:
     """
     env = load_environment(environment)
     env.service(service)
+    resume_attempt()
     figures = restart_deployment(env, service)
     reports.publish(reports.scaling(env.name, service, "restart", figures))
     return figures
 
 
-@flow(name="autoscale", flow_run_name=namer("autoscale"), on_running=[tag_run])
+@flow(name="autoscale", flow_run_name=namer("autoscale"), **HOOKS)
 def autoscale(environment: str, service: str, min: int, max: int, cpu_percent: int) -> dict[str, Any]:  # noqa: A002
     """Create or update the service's HorizontalPodAutoscaler (`kubectl autoscale`).
 
@@ -90,6 +92,7 @@ def autoscale(environment: str, service: str, min: int, max: int, cpu_percent: i
     env = load_environment(environment)
     env.service(service)
     check_autoscaler(min, max, cpu_percent)
+    resume_attempt()
     figures = set_autoscaler(env, service, min, max, cpu_percent)
     reports.publish(reports.scaling(env.name, service, "autoscale", figures))
     return figures

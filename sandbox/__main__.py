@@ -1,4 +1,4 @@
-"""`python -m sandbox up|down|status`: see sandbox/cli.py."""
+"""`python -m sandbox up|down|status|prefect`: see sandbox/cli.py."""
 
 from sandbox.cli import main
 

@@ -16,6 +16,7 @@ Work dir layout:
     kube/, webapp/     the fake Kubernetes API server and the sample web service
     faultproxy-s3/     the fault proxy in front of moto (sandbox/faultproxy.py)
     faultproxy-kube/   the fault proxy in front of the API server, and kubeconfig through it
+    prefect/           `prefect up`'s Prefect server and workers: logs, PREFECT_HOMEs, results
     backups/           target of the file:// storage in sandbox.yaml
 """
 
@@ -37,7 +38,7 @@ import httpx
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox import cluster, faultproxy, postgres, s3, sampledata
+from sandbox import cluster, faultproxy, orchestration, postgres, s3, sampledata
 from sandbox.environment import environment_dict, environment_text, write_environment, write_kubeconfig_via
 from sandbox.process import free_port, pid_alive, scrub
 from sandbox.state import (
@@ -102,12 +103,13 @@ def up(workdir: Path | None = None, size_mb: int = 64, environments_dir: Path | 
         report = status(workdir)
         if report["healthy"]:
             return existing
-        pieces = {**report["components"], **report["proxies"]}
+        pieces = {**report["components"], **report["proxies"], **report["prefect"]}
         broken = ", ".join(f"{name}: {c['detail']}" for name, c in pieces.items() if not c["ok"])
-        raise PermanentError(
-            f"the sandbox in {workdir} is partly down ({broken}); "
-            f"run `python -m sandbox down --dir {workdir}` and then `up` again"
-        )
+        if all(c["ok"] for c in (*report["components"].values(), *report["proxies"].values())):
+            fix = f"run `python -m sandbox prefect down --dir {workdir}` and then `prefect up` again"
+        else:
+            fix = f"run `python -m sandbox down --dir {workdir}` and then `up` again"
+        raise PermanentError(f"the sandbox in {workdir} is partly down ({broken}); {fix}")
     env_dir = Path(environments_dir) if environments_dir is not None else REPO_ROOT / "environments"
     bin_dir = postgres.pg_bin()
     postgres.postgres_account()  # fails early, with advice, if root has no 'postgres' account
@@ -334,7 +336,9 @@ def down(workdir: Path | None = None) -> list[str]:
 
 
 def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | None) -> list[str]:
-    actions = _stop_proxies(workdir) + cluster.stop(workdir)
+    # The Prefect server first: it keeps connections to PostgreSQL open.
+    actions = orchestration.stop_recorded(state) if state is not None else []
+    actions += _stop_proxies(workdir) + cluster.stop(workdir)
     data = state.pg_data_dir if state else workdir / "pg" / "data"
     if bin_dir is None:
         bin_dir = state.pg_bin if state else postgres.DEFAULT_PG_BIN
@@ -373,13 +377,15 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
     """Each piece of the sandbox and whether it answers, with no secret in it.
 
     {"workdir", "healthy", "components": {"postgres"|"s3": {"ok", "address", "pid", "detail"}},
-     "proxies": {"s3-proxy"|"kube-proxy": {...the same}}, "environment_file"}; components is
-    empty when there is no sandbox. `healthy` counts the fault proxies too.
+     "proxies": {"s3-proxy"|"kube-proxy": {...the same}}, "prefect": {"prefect"|"worker-N":
+     {...the same}}, "environment_file"}; components is empty when there is no sandbox, prefect
+    while `prefect up` has not run. `healthy` counts the fault proxies and Prefect too.
     """
     workdir = _workdir(workdir)
     state = load_state(workdir)
     if state is None:
-        return {"workdir": str(workdir), "healthy": False, "components": {}, "proxies": {}, "environment_file": None}
+        return {"workdir": str(workdir), "healthy": False, "components": {}, "proxies": {}, "prefect": {},
+                "environment_file": None}
     hidden = state.secrets()
     components: dict[str, dict[str, Any]] = {}
 
@@ -414,13 +420,29 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
         if url is not None and control is not None
     }
 
+    prefect = _prefect_components(state)
     return {
         "workdir": str(workdir),
-        "healthy": all(c["ok"] for c in (*components.values(), *proxies.values())),
+        "healthy": all(c["ok"] for c in (*components.values(), *proxies.values(), *prefect.values())),
         "components": components,
         "proxies": proxies,
+        "prefect": prefect,
         "environment_file": str(state.environment_file) if state.environment_file else None,
     }
+
+
+def _prefect_components(state: SandboxState) -> dict[str, dict[str, Any]]:
+    """The Prefect server and workers of `prefect up`, as status pieces (none if it has not run)."""
+    if state.prefect_api_url is None:
+        return {}
+    server_pid = state.prefect_server_pid if orchestration.is_server(state.prefect_server_pid) else None
+    pieces = {"prefect": _http_component(state.prefect_api_url, state.prefect_api_url, "/health", server_pid)}
+    pieces["prefect"]["detail"] += f", database {state.prefect_database}"
+    for i, pid in enumerate(state.prefect_worker_pids or [], start=1):
+        ok = orchestration.is_worker(pid)
+        pieces[f"worker-{i}"] = {"ok": ok, "address": f"pool {state.prefect_pool}", "pid": pid if ok else None,
+                                 "detail": "process worker" if ok else f"worker (pid {pid}) is gone"}
+    return pieces
 
 
 def _http_component(address: str, base: str, probe: str, pid: int | None) -> dict[str, Any]:

@@ -59,6 +59,15 @@ class SandboxState:
     kube_proxy_control_url: str | None = None
     kube_proxy_pid: int | None = None
     proxy_kubeconfig: Path | None = None
+    # The Prefect server and process workers of `python -m sandbox prefect up`
+    # (sandbox/orchestration.py); None while they do not run. prefect_database is
+    # "postgresql" or "sqlite"; the role `prefect`'s password stays once generated.
+    prefect_api_url: str | None = None
+    prefect_server_pid: int | None = None
+    prefect_database: str | None = None
+    prefect_pool: str | None = None
+    prefect_worker_pids: list[int] | None = None
+    prefect_db_password: str | None = field(default=None, repr=False)
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -87,7 +96,7 @@ class SandboxState:
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing messages."""
-        return [self.pg_password, self.s3_secret_key]
+        return [s for s in (self.pg_password, self.s3_secret_key, self.prefect_db_password) if s]
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -12,12 +12,15 @@ Layout under the storage URL:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import itertools
 import json
 import re
 import secrets
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -31,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from tasks.errors import CheckFailed, DumpAborted, ObjectMissing, PermanentError, RunbookError, TransientError
-from tasks.postgres import Server, Snapshot, connect, find_tool, tool_major
+from tasks.postgres import Server, Snapshot, connect, find_tool, server_answers, sessions_killed, tool_major
 from tasks.redact import scrub
 from tasks.retention import BackupRecord
 from tasks.storage import CHUNK, HashingReader, Storage, get_json, put_json
@@ -421,31 +424,73 @@ def _toc_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith(";")]
 
 
+def bytes_to_fetch(storage: Storage, manifest: Manifest) -> int:
+    """The bytes `fetch_backup` writes to its folder: the files storage does not already
+    hold as local files (those are verified in place)."""
+    prefix = backup_prefix(manifest.database, manifest.backup_id)
+    return sum(f.size for f in manifest.files if storage.local_path(prefix + f.key) is None)
+
+
+def no_room(backup_id: str, folder: Path, need: int, free: int, detail: str = "") -> PermanentError:
+    """A full disk is not cured by a retry: the folder and the bytes, for whoever makes room."""
+    return PermanentError(f"backup {backup_id}: not enough space in {folder} for the download{detail}: "
+                          f"it needs {need} bytes, {free} bytes were free")
+
+
+def check_room(folder: Path, backup_id: str, need: int) -> None:
+    """Fail before downloading when `folder`'s file system has fewer than `need` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise no_room(backup_id, folder, need, free)
+
+
 def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[Path, float]:
     """Make the backup available as a local file or folder for pg_restore, checking every
     byte against the manifest on the way. Local storage is verified in place, not copied.
-    Returns the path and the seconds spent."""
+    A failed fetch removes what it wrote; a full disk is a PermanentError naming the folder
+    and the bytes. Returns the path and the seconds spent."""
     start = time.monotonic()
     prefix = backup_prefix(manifest.database, manifest.backup_id)
-    for f in manifest.files:
-        local = storage.local_path(prefix + f.key)
-        reader = read_stored(storage, prefix, manifest.backup_id, f)
-        if local is not None:
-            for _ in reader:
-                pass
-        else:
-            local = workdir / f.key
-            local.parent.mkdir(parents=True, exist_ok=True)
-            with open(local, "wb") as fh:
-                for chunk in reader:
-                    fh.write(chunk)
-        check_checksum(manifest.backup_id, f, reader)
+    need, free = bytes_to_fetch(storage, manifest), shutil.disk_usage(workdir).free
+    written: list[Path] = []
+    key = ""
+    try:
+        for f in manifest.files:
+            key = f.key
+            local = storage.local_path(prefix + f.key)
+            reader = read_stored(storage, prefix, manifest.backup_id, f)
+            if local is not None:
+                for _ in reader:
+                    pass
+            else:
+                local = workdir / f.key
+                local.parent.mkdir(parents=True, exist_ok=True)
+                written.append(local)
+                with open(local, "wb") as fh:
+                    for chunk in reader:
+                        fh.write(chunk)
+            check_checksum(manifest.backup_id, f, reader)
+    except BaseException as exc:
+        _remove(written, workdir)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise no_room(manifest.backup_id, workdir, need, free,
+                          f" (no space left on device writing {key})") from None
+        raise
     first = storage.local_path(prefix + manifest.files[0].key)
     if manifest.format == "custom":
         path = first if first is not None else workdir / CUSTOM_FILE
     else:
         path = first.parent if first is not None else workdir / DIR_PREFIX.rstrip("/")
     return path, time.monotonic() - start
+
+
+def _remove(files: list[Path], workdir: Path) -> None:
+    """Delete downloaded files and the folders made for them under `workdir`."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in {p.parent for p in files if p.parent != workdir}:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def restore_list(path: Path, server_major: int | None = None) -> list[str]:
@@ -477,15 +522,39 @@ def pg_restore_into(server: Server, dbname: str, path: Path, jobs: int, server_m
                     keep_ownership: bool = False) -> None:
     """pg_restore -j into an existing database. A scratch copy drops owners and grants (the
     roles may not exist there); a copy that will replace production keeps them, so the
-    application's role can still read its tables after the swap."""
+    application's role can still read its tables after the swap. A lost connection (the
+    server terminated the sessions, or does not answer) is a TransientError; any other
+    failure is permanent."""
     pg_restore = find_tool("pg_restore", server_major)
     ownership = [] if keep_ownership else ["--no-owner", "--no-privileges"]
     args = [pg_restore, f"-j{jobs}", *ownership, "--exit-on-error", "--no-password", "-d", dbname, str(path)]
-    env = server.env(dbname)
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    app_name = f"runbook-restore-{secrets.token_hex(4)}"  # to tell its sessions from any other
+    killed_before = sessions_killed(server, dbname)
+    proc = subprocess.run(args, env={**server.env(dbname), "PGAPPNAME": app_name}, capture_output=True, text=True,
+                          check=False)
     if proc.returncode != 0:
-        raise PermanentError(f"pg_restore into {dbname} failed (exit {proc.returncode}): "
-                             f"{scrub(proc.stderr.strip())[-2000:]}")
+        raise _restore_failed(server, dbname, proc, app_name, killed_before)
+
+
+def _restore_failed(server: Server, dbname: str, proc: subprocess.CompletedProcess[str], app_name: str,
+                    killed_before: int | None) -> RunbookError:
+    """Why pg_restore failed, from the server's side: pg_restore exits 1 for every failure,
+    and its messages are (translated) text."""
+    where = f"pg_restore into database {dbname!r} on {server.describe()}"
+    said = scrub(proc.stderr.strip())[-2000:] or "(pg_restore wrote nothing)"
+    if proc.returncode < 0:
+        return PermanentError(f"{where} was killed by signal {-proc.returncode}. {said}")
+    lost = f"{where} lost its connection: "
+    if not server_answers(server):
+        return TransientError(f"{lost}the server does not answer (SQLSTATE class 08, connection failure). {said}")
+    try:
+        killed = sessions_killed(server, dbname, app_name)
+    except TransientError as exc:
+        return TransientError(f"{lost}the server went away (SQLSTATE class 08, connection failure: {exc}). {said}")
+    if killed is not None and killed_before is not None and killed > killed_before:
+        return TransientError(f"{lost}the server terminated {killed - killed_before} of its session(s) (SQLSTATE "
+                              f"57P01, admin shutdown: pg_terminate_backend or a server shutdown). {said}")
+    return PermanentError(f"{where} failed (exit {proc.returncode}). {said}")
 
 
 def pg_dump_major(server_major: int) -> int:

@@ -106,3 +106,16 @@ def recovery(swapped: bool, original_oid: int | None, live_oid: int | None, prev
         "replicas": replicas_now,
         "healthy": healthy,
     }
+
+
+def swap_phase(original_oid: int | None, live_oid: int | None, kept_oid: int | None) -> str:
+    """Where a restore's swap stands, told by oids (a rename keeps a database's oid):
+    "before" (production is the original, nothing kept yet), "swapped" (the original is
+    kept under its `_pre_restore_` name and another database is live), or a sentence
+    saying what is unexpected, for an error."""
+    if original_oid is not None and live_oid == original_oid and kept_oid is None:
+        return "before"
+    if original_oid is not None and kept_oid == original_oid and live_oid is not None:
+        return "swapped"
+    return (f"unexpected databases: the original had oid {original_oid}, the live name has oid {live_oid}, "
+            f"the kept name has oid {kept_oid}")

@@ -177,10 +177,27 @@ class SmokeQuery(Model):
     equals: str | int | float | bool | None = Field(None, description="The value must equal this")
 
 
+RESTORE_RETRIES_MAX = 3  # the postgres retry policy's retries (tasks/retries.py), which bound these
+
+
 class RestoreTestConfig(Model):
     dsn: SecretRef | None = Field(None, description="Server for scratch restores; default: the database's own server")
     jobs: int = Field(2, ge=1, le=64, description="pg_restore -j")
     smoke_queries: list[SmokeQuery] = Field(default_factory=list, description="Queries run on the restored copy")
+    # One more try covers a restarted or failed-over server; each try restores from the
+    # start, so more of them can cost the recovery time objective several restores.
+    retries: int = Field(1, ge=0, le=RESTORE_RETRIES_MAX,
+                         description="Restores tried again after a lost connection (SQLSTATE 08*, 57P01) or another "
+                                     "transient failure, each from a clean, re-created database; 0 fails at once")
+    temp_dir: str | None = Field(None, description="Folder that S3 backups are downloaded to for pg_restore (it needs "
+                                                   "the backup's size free); default: the system temp folder")
+
+    @field_validator("temp_dir")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("an absolute path, like /var/tmp/restores; leave it out for the system temp folder")
+        return v
 
 
 # --- databases -------------------------------------------------------------------------

@@ -185,6 +185,11 @@ def _containers(dep_or_template: Mapping[str, Any]) -> list[Obj]:
     return list(((template.get("spec") or {}).get("containers")) or [])
 
 
+def container_images(dep_or_template: Mapping[str, Any]) -> dict[str, str]:
+    """Each container's image, by container name."""
+    return {str(c.get("name")): str(c.get("image", "")) for c in _containers(dep_or_template)}
+
+
 def _container(obj: Mapping[str, Any], container: str, what: str) -> Obj:
     containers = _containers(obj)
     found = next((c for c in containers if c.get("name") == container), None)
@@ -264,7 +269,9 @@ def patch_container_image(
     """`kubectl set image`: a strategic merge patch of one container's image; the other
     containers are untouched. Returns the patched Deployment."""
     # A strategic merge patch for a container name that is not there would add one.
-    container_image(read_deployment(api, namespace, name), container)
+    current = read_deployment(api, namespace, name)
+    if container_image(current, container) == image:  # already set: a replay changes nothing
+        return current
     patch = {"spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}}}
     with _calling("set the image of", "Deployment", namespace, name):
         dep = client.AppsV1Api(api).patch_namespaced_deployment(
@@ -330,11 +337,13 @@ def undo_rollout(
     to_revision: int | None = None,
     *,
     container: str | None = None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
     """`kubectl rollout undo [--to-revision N]`: put the pod template of an earlier
     revision back (the previous one by default). Returns what it did: `from_revision`,
     `to_revision`, `image` (of `container`, default the first) and `images`; `skipped` when
-    the Deployment already runs that template, as kubectl skips it."""
+    the Deployment already runs that template, as kubectl skips it. `dry_run` only says
+    what it would do (`kubectl rollout undo --dry-run`)."""
     dep = read_deployment(api, namespace, name)
     if (dep.get("spec") or {}).get("paused"):
         raise PermanentError(
@@ -345,7 +354,7 @@ def undo_rollout(
         _controlled_replica_sets(api, namespace, dep), to_revision, current, name=name
     )
     template = target["spec"]["template"]
-    images = {str(c.get("name")): str(c.get("image", "")) for c in _containers(template)}
+    images = container_images(template)
     what = f"revision {rollout.revision(target)} of {_describe(dep)}"
     if container:
         image = str(_container(template, container, what).get("image", ""))
@@ -359,7 +368,7 @@ def undo_rollout(
         "images": images,
         "skipped": rollout.same_template(template, dep["spec"]["template"]),
     }
-    if info["skipped"]:
+    if info["skipped"] or dry_run:
         return info
     with _calling("undo the rollout of", "Deployment", namespace, name):
         client.AppsV1Api(api).patch_namespaced_deployment(
@@ -713,9 +722,17 @@ def route_to_colour(api: client.ApiClient, svc: ServiceConfig, colour: str, live
     assert bg is not None
     if bg.ingress:
         ensure_colour_service(api, svc.namespace, bg.service, colour, like=rollout.colour_name(bg.service, live))
-        return set_ingress_backend(api, svc.namespace, bg.ingress, rollout.colour_name(bg.service, colour))
+        target = rollout.colour_name(bg.service, colour)
+        result = set_ingress_backend(api, svc.namespace, bg.ingress, target)
+        if result["previous"] == target:  # a replay after a crash: before it, traffic went to the live colour
+            result["previous"] = rollout.colour_name(bg.service, live)
+        return result
     selector = {**_live_selector(api, svc, live), rollout.COLOUR_LABEL: colour}
-    return set_service_selector(api, svc.namespace, bg.service, selector)
+    result = set_service_selector(api, svc.namespace, bg.service, selector)
+    if result["previous"] == selector:  # a replay: the live colour's selector is the one to go back to
+        previous = {k: v for k, v in selector.items() if k != rollout.COLOUR_LABEL}
+        result["previous"] = {**previous, rollout.COLOUR_LABEL: live} if live else previous
+    return result
 
 
 def route_back(api: client.ApiClient, svc: ServiceConfig, previous: Any) -> None:
@@ -801,7 +818,14 @@ def run_job(
     }
     batch = client.BatchV1Api(api)
     with _calling("create", "Job", namespace, name):
-        job = _plain(api, batch.create_namespaced_job(namespace, body, _request_timeout=REQUEST_TIMEOUT))
+        try:
+            job = _plain(api, batch.create_namespaced_job(namespace, body, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            # The name is the flow run's: an earlier attempt of this run started it. Wait for
+            # that Job rather than running the command twice.
+            job = _plain(api, batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT))
     try:
         result = _wait_for_job(api, namespace, job, timeout_s, poll_s)
     except BaseException as exc:

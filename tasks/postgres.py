@@ -8,6 +8,9 @@ psycopg errors are classified by SQLSTATE, never by message text: class 08 (conn
 57P01-57P03 (shutdown) and 53xxx (resources) are transient; 28xxx (auth) and 3D000
 (no such database) are permanent. libpq gives no SQLSTATE for a failed connection, so
 there a probe decides: nobody listening is transient, a server that refuses is permanent.
+The client tools report only text (translated, at that): when pg_restore fails, the
+server's own counters (`sessions_killed`) and the same probe say whether it lost its
+connection.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,7 @@ from tasks.redact import scrub
 
 CONNECT_TIMEOUT_S = 10  # libpq's default is to wait forever on a silent network
 PROBE_TIMEOUT_S = 3.0  # is anything listening where the server should be
+SESSIONS_END_WAIT_S = 5.0  # for a client tool's sessions to end after the tool exited
 
 _LIBPQ_ENV = {
     "host": "PGHOST",
@@ -305,6 +310,25 @@ def drop_database(server: Server, name: str) -> bool:
 def database_exists(server: Server, name: str) -> bool:
     with connect(server, "postgres") as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def sessions_killed(server: Server, dbname: str, app_name: str | None = None,
+                    wait: float = SESSIONS_END_WAIT_S) -> int | None:
+    """How many sessions of `dbname` the server has terminated by an operator's command
+    (pg_terminate_backend, a fast shutdown: SQLSTATE 57P01), from pg_stat_database. It is
+    the server's own account of why a session ended, where a client tool's exit gives only
+    translated text. With `app_name`, first waits (up to `wait` s) for that application's
+    sessions to end: a backend counts itself only as it exits. None before PostgreSQL 14
+    or when there is no such database."""
+    with connect(server, "postgres") as conn:
+        if server_version_num(conn) < 140000:
+            return None
+        deadline = time.monotonic() + wait
+        while app_name and time.monotonic() < deadline and conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = %s", (app_name,)).fetchone():
+            time.sleep(0.05)
+        row = conn.execute("SELECT sessions_killed FROM pg_stat_database WHERE datname = %s", (dbname,)).fetchone()
+    return None if row is None else int(row[0])
 
 
 def list_databases(server: Server, like: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
+from tasks.errors import PolicyRefused
 from tasks.naming import run_tags
 from tasks.redact import scrub
 
@@ -64,15 +65,65 @@ def remember_for_rollback(**values: Any) -> None:
             txn.set(name, value)
 
 
+# A slot is a lease that its holder renews; a dead worker's slot frees itself when the lease
+# runs out, so that the resumed attempt of its run can take it (60 s is Prefect's minimum).
+LOCK_LEASE_SECONDS = 60
+
+
 @contextmanager
 def holding(limits: dict[str, int], timeout_seconds: float) -> Iterator[None]:
     """Hold one slot of each named global limit, creating limits as needed."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.concurrency.sync import concurrency
+    from prefect.runtime import flow_run
 
     for name, size in limits.items():
         ensure_concurrency_limit(name, size)
-    with concurrency(list(limits), occupy=1, timeout_seconds=timeout_seconds, strict=True):
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
+    with concurrency(list(limits), occupy=1, timeout_seconds=timeout_seconds, strict=True,
+                     lease_duration=LOCK_LEASE_SECONDS, holder=holder):
         yield
+
+
+# How often a crashed run is resumed (`deployments/automations.py` reschedules it) before
+# it stops and says so: a run that keeps killing its worker needs a person.
+MAX_RESUMES = 2
+
+
+def resume_attempt(max_resumes: int = MAX_RESUMES) -> int:
+    """Which attempt of this flow run this is: 1, or 1 + the times it crashed before. Past
+    `max_resumes` resumes, refuses to go on (the run ends Failed, an alert's cue) and emits
+    `runbook.resume.exhausted`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return 1
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(flow_run.id)
+    crashes = sum(1 for st in states if st.type == StateType.CRASHED)
+    if crashes > max_resumes:
+        emit("runbook.resume.exhausted", f"runbook.flow-run.{flow_run.id}",
+             {"flow_run": str(flow_run.id), "flow": flow_run.flow_name, "crashes": crashes, "max_resumes": max_resumes})
+        raise PolicyRefused(f"flow run {flow_run.name} crashed {crashes} times, more than the {max_resumes} resumes "
+                            "allowed: not resuming again. Its last report says where it stopped; finish or "
+                            "undo it by hand, then start a new run")
+    return 1 + crashes
+
+
+def interrupted(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_cancellation` and `on_crashed` hook of every runbook: say so, as an event alerts can
+    follow. The compensation itself has run by then, in the flow: a cancel's SIGTERM unwinds
+    through the same transaction undo hooks and `except` blocks as a failure, and the report
+    published on the way out says what was undone. A run killed outright runs nothing: it is
+    marked Crashed and resumed (deployments/automations.py), and the new attempt finishes or
+    compensates."""
+    what = "cancelled" if state.is_cancelling() or state.is_cancelled() else "crashed"
+    emit(f"runbook.run.{what}", f"prefect.flow-run.{flow_run.id}",
+         {"flow": flow.name, "flow_run": str(flow_run.id), "name": flow_run.name, "state": state.name,
+          "message": state.message or "", "parameters": {k: v for k, v in (flow_run.parameters or {}).items()
+                                                         if isinstance(v, str | int | float | bool)}})
 
 
 def tag_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -91,3 +142,7 @@ def tag_run(flow: Any, flow_run: Any, state: Any) -> None:
         return
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, tags=tags)
+
+
+# Every runbook's `@flow(..., **HOOKS)`: tagged when it runs; an event when cancelled or crashed.
+HOOKS: dict[str, Any] = {"on_running": [tag_run], "on_cancellation": [interrupted], "on_crashed": [interrupted]}

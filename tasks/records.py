@@ -48,8 +48,19 @@ class RunRecord:
     outcome: str = "running"
     failure: str | None = None  # scrubbed of secrets
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # facts for the report, e.g. what a resumed attempt found
+    attempt: int = 1  # 2 and up: resumed after its worker died (tasks.prefect_api.resume_attempt)
+
+    def resumed(self, attempt: int) -> None:
+        self.attempt = attempt
+        if attempt > 1:
+            self.notes.append(f"Attempt {attempt} of this flow run: its worker died {attempt - 1} time(s) and the "
+                              "run was resumed; steps recorded as done were not repeated.")
 
     def fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):  # SIGTERM from a cancel (TerminationSignal), Ctrl-C
+            self.outcome, self.failure = "cancelled", f"cancelled ({type(exc).__name__})"
+            return
         self.outcome, self.failure = "failed", scrub(str(exc))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks import prefect_api
+from tasks import checkpoints, prefect_api
 from tasks.backups import Manifest
 from tasks.checks import Check
 from tasks.config import EnvironmentConfig, ServiceConfig
@@ -129,7 +129,7 @@ def render(report: Report) -> str:
     return "\n".join(lines)
 
 
-@task(name="report")
+@task(name="report", **checkpoints.REDO)
 def publish(report: Report) -> str:
     """The run's evidence: its report artifact, its table artifacts and its events."""
     prefect_api.publish_report(report.key, render(report), report.description)
@@ -243,7 +243,7 @@ def restore_test(env: EnvironmentConfig, database: str, manifest: Manifest | Non
 def deploy(rec: DeployRecord, svc: ServiceConfig) -> Report:
     report = Report(artifact_key("deploy", rec.environment, rec.service),
                     f"Deploy of `{rec.service}` to `{rec.environment}`", rec.outcome.upper(), failure=rec.failure,
-                    checks=list(rec.smoke), timings=dict(rec.timings))
+                    checks=list(rec.smoke), timings=dict(rec.timings), notes=list(rec.notes))
     report.figures = [
         ("strategy", rec.strategy),
         ("image before", rec.before.get("image", "")),
@@ -268,7 +268,7 @@ def deploy(rec: DeployRecord, svc: ServiceConfig) -> Report:
                                f"Analysis measurements of the deploy of {rec.service} to {rec.environment}"))
     payload = {k: v for k, v in asdict(rec).items() if k != "analyses"}
     resource = _service(rec.environment, rec.service)
-    report.events.append(Event(f"runbook.deploy.{'succeeded' if rec.outcome == 'succeeded' else 'failed'}",
+    report.events.append(Event(f"runbook.deploy.{rec.outcome if rec.outcome in ('succeeded', 'cancelled') else 'failed'}",
                                resource, payload))
     if rec.outcome != "succeeded" and rec.rolled_back:
         report.events.append(Event("runbook.deploy.rolled-back", resource, payload))
@@ -305,7 +305,7 @@ def scaling(env: str, service: str, action: str, figures: dict[str, Any]) -> Rep
 def migration(rec: MigrationRecord) -> Report:
     report = Report(artifact_key("migrate", rec.environment, rec.database),
                     f"Migration of `{rec.database}` in `{rec.environment}`", rec.outcome.upper(), failure=rec.failure,
-                    notes=_what_changed(rec), figures=_migration_figures(rec), checks=list(rec.checks),
+                    notes=list(rec.notes) + _what_changed(rec), figures=_migration_figures(rec), checks=list(rec.checks),
                     timings=dict(rec.timings))
     rows = result_rows(rec.plan, rec.applied, rec.running, rec.dry_run) if rec.plan else []
     if rec.plan is not None:
@@ -393,7 +393,7 @@ def restore(rec: RestoreRecord) -> Report:
     report = Report(artifact_key("restore", rec.environment, rec.database),
                     f"Restore of `{rec.database}` in `{rec.environment}` ({rec.mode})",
                     "IN PROGRESS" if running else rec.outcome.upper(), failure=rec.failure,
-                    checks=list(rec.checks), timings=dict(rec.timings))
+                    checks=list(rec.checks), timings=dict(rec.timings), notes=list(rec.notes))
     if running:
         report.notes.append(f"If this run dies, scale the apps back to the replicas below; `{names.live}` is "
                             f"production unless a swap happened, in which case the previous database is "

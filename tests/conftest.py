@@ -111,3 +111,42 @@ def s3_faults(sandbox: Any) -> Iterator[Any]:
 @pytest.fixture
 def kube_faults(sandbox: Any) -> Iterator[Any]:
     yield from _faults(sandbox.kube_proxy_control_url)
+
+
+@pytest.fixture
+def api_on_v1(sandbox: Any) -> None:
+    """`api` runs the good image, fully rolled out, and the sample service's 5 s metrics window
+    holds no request of another version: an analysis starts from a clean window, not from the
+    slow or failing image of the test before."""
+    import time
+
+    import httpx
+    from kubernetes import client, config
+
+    from sandbox.cluster import GOOD_IMAGE, NAMESPACE
+
+    api_client = config.new_client_from_config(config_file=str(sandbox.kubeconfig))
+    apps = client.AppsV1Api(api_client)
+    try:
+        dep = apps.read_namespaced_deployment("api", NAMESPACE)
+        if next(c.image for c in dep.spec.template.spec.containers if c.name == "api") != GOOD_IMAGE:
+            apps.patch_namespaced_deployment("api", NAMESPACE, {"spec": {"template": {"spec": {"containers": [
+                {"name": "api", "image": GOOD_IMAGE}]}}}})
+
+        def rolled_out() -> bool:
+            d = apps.read_namespaced_deployment("api", NAMESPACE)
+            s = d.status
+            return bool(d.metadata.generation <= (s.observed_generation or 0) and s.updated_replicas == d.spec.replicas
+                        and s.available_replicas == d.spec.replicas and (s.replicas or 0) == d.spec.replicas)
+
+        def window_clean() -> bool:
+            snap = httpx.get(f"{sandbox.webapp_url}/svc/{NAMESPACE}/api/metrics", timeout=5).json()
+            return all(v["window_requests"] == 0 or GOOD_IMAGE.endswith(name)
+                       for name, v in snap.get("versions", {}).items())
+
+        deadline = time.monotonic() + 60
+        while not (rolled_out() and window_clean()):
+            assert time.monotonic() < deadline, "api did not settle on the good image within 60 s"
+            time.sleep(0.2)
+    finally:
+        api_client.close()

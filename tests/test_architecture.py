@@ -3,7 +3,9 @@
 - `tasks/` never imports `flows/`;
 - a flow module imports another flow module only to run its `@flow` as a subflow;
 - a `@flow` function orchestrates: no polling loop, no sleep, no markdown, and it fits on
-  one screen.
+  one screen;
+- every `@task` says what a resumed attempt does with it (`tasks/checkpoints.py`: OBSERVE,
+  CHECKPOINT or EFFECT), and docs/architecture.md lists it with that policy.
 """
 
 from __future__ import annotations
@@ -109,6 +111,57 @@ def test_flow_modules_write_no_markdown_and_build_no_clients() -> None:
     for path, text in _sources("flows").items():
         for forbidden in ("md_table", "create_markdown_artifact", "httpx", "boto3", "psycopg"):
             assert forbidden not in text, f"{path} uses {forbidden}"
+
+
+def _is_task_decorator(node: ast.expr) -> bool:
+    target = node.func if isinstance(node, ast.Call) else node
+    return isinstance(target, ast.Name) and target.id == "task"
+
+
+def task_policies(path: str, text: str) -> tuple[dict[str, str], list[Violation]]:
+    """Each `@task` function's policy (the `checkpoints.X` it spreads into `@task`), and the
+    tasks that have none."""
+    policies: dict[str, str] = {}
+    missing = []
+    for node in ast.walk(ast.parse(text, filename=path)):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        for dec in filter(_is_task_decorator, node.decorator_list):
+            kinds = [kw.value.attr for kw in getattr(dec, "keywords", []) if kw.arg is None
+                     and isinstance(kw.value, ast.Attribute) and isinstance(kw.value.value, ast.Name)
+                     and kw.value.value.id == "checkpoints"]
+            if kinds:
+                policies[node.name] = kinds[0]
+            else:
+                missing.append(Violation(path, node.lineno, f"@task {node.name} has no checkpoints.OBSERVE, "
+                                                            "CHECKPOINT or EFFECT: say what a resumed attempt does"))
+    return policies, missing
+
+
+def test_every_task_declares_what_a_resumed_attempt_does_with_it() -> None:
+    from tasks.checkpoints import KINDS
+
+    violations = []
+    for path, text in _sources("flows", "tasks").items():
+        policies, missing = task_policies(path, text)
+        violations += missing
+        violations += [Violation(path, 0, f"@task {name}: unknown policy {kind}")
+                       for name, kind in policies.items() if kind not in KINDS]
+    assert not violations, "\n".join(map(str, violations))
+
+
+def test_docs_list_every_task_with_its_policy() -> None:
+    doc = (REPO_ROOT / "docs" / "architecture.md").read_text()
+    unlisted = [f"{path}: {name} ({kind})" for path, text in _sources("flows", "tasks").items()
+                for name, kind in task_policies(path, text)[0].items() if f"| `{name}` | {kind} |" not in doc]
+    assert not unlisted, "docs/architecture.md does not list: " + ", ".join(unlisted)
+
+
+def test_the_policy_check_names_a_task_without_one() -> None:
+    source = "from prefect import task\n\n@task(retries=2)\ndef upload() -> None: ...\n"
+    _, missing = task_policies("tasks/x.py", source)
+    assert [str(v) for v in missing] == ["tasks/x.py:4: @task upload has no checkpoints.OBSERVE, CHECKPOINT or "
+                                         "EFFECT: say what a resumed attempt does"]
 
 
 # --- the checker itself catches what it should: each row a violation it must report ------------------

@@ -20,6 +20,7 @@ from tasks.checks import (
     rpo_met,
     rto_met,
     smoke_query,
+    swap_phase,
 )
 from tasks.config import SmokeQuery
 
@@ -135,3 +136,21 @@ def test_recovery_after_a_failed_swap_says_what_is_back(swapped: bool, live_oid:
                                                         expected: dict[str, Any]) -> None:
     verdict = recovery(swapped, 100, live_oid, False, {"api": 3}, replicas_now, healthy)
     assert {k: verdict[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize(("original", "live", "kept", "phase"), [
+    (10, 10, None, "before"),  # production is the original, nothing kept yet: swap
+    (10, 20, 10, "swapped"),  # a rename keeps the oid: the original is kept, the copy is live
+    # a resumed attempt must not swap again, nor guess: each of these is refused
+    (10, 20, None, "unexpected databases: the original had oid 10, the live name has oid 20, "
+                   "the kept name has oid None"),
+    (10, 10, 30, "unexpected databases: the original had oid 10, the live name has oid 10, "
+                 "the kept name has oid 30"),
+    (10, None, 10, "unexpected databases: the original had oid 10, the live name has oid None, "
+                   "the kept name has oid 10"),
+    (None, 10, None, "unexpected databases: the original had oid None, the live name has oid 10, "
+                     "the kept name has oid None"),
+])
+def test_the_swap_phase_is_told_by_oids(original: int | None, live: int | None, kept: int | None,
+                                        phase: str) -> None:
+    assert swap_phase(original, live, kept) == phase

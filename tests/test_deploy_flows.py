@@ -36,22 +36,6 @@ def wait_until(predicate: Any, timeout: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture
-def api_on_v1(apps: Any, sandbox: Any) -> None:
-    """Every test starts with `api` running the good image, fully rolled out."""
-    if image_of(apps, "api", "api") != GOOD_IMAGE:
-        apps.patch_namespaced_deployment("api", NAMESPACE, {"spec": {"template": {"spec": {"containers": [
-            {"name": "api", "image": GOOD_IMAGE}]}}}})
-
-    def done() -> bool:
-        d = apps.read_namespaced_deployment("api", NAMESPACE)
-        s = d.status
-        return (d.metadata.generation <= (s.observed_generation or 0) and s.updated_replicas == d.spec.replicas
-                and s.available_replicas == d.spec.replicas and (s.replicas or 0) == d.spec.replicas)
-
-    wait_until(done)
-
-
 def test_a_good_image_succeeds(make_environment: Any, apps: Any, api_on_v1: None) -> None:
     env = make_environment("deploy-good")
     result = deploy(env, "api", "sandbox/app:v2")

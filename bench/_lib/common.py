@@ -47,12 +47,44 @@ def bench_sandbox(name: str, size_mb: int) -> Iterator[tuple[Any, float]]:
 
 @contextmanager
 def prefect_api() -> Iterator[None]:
-    """A local Prefect API for the run (the test harness), without flow heartbeats."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    """A local Prefect API for the run (the test harness)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+HEARTBEAT_SECONDS = 30  # as deployed runs send them (deployments/automations.py)
+
+
+@contextmanager
+def checkpoints(on: bool, *modules: Any) -> Iterator[dict[str, int]]:
+    """Runs as shipped (`on`: persisted checkpoints and effects, heartbeats every 30 s), or
+    bare, to measure what those cost: the tasks of `modules` swapped for copies that
+    persist nothing, and no heartbeats. Yields counts: tasks swapped and, afterwards, the
+    result files written."""
+    from prefect.cache_policies import NO_CACHE
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.tasks import Task
+
+    results = Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"])
+    before = sum(1 for p in results.rglob("*") if p.is_file()) if results.exists() else 0
+    saved: list[tuple[Any, str, Any]] = []
+    if not on:
+        for module in modules:
+            for name, value in vars(module).items():
+                if isinstance(value, Task) and value.persist_result:
+                    saved.append((module, name, value))
+                    setattr(module, name, value.with_options(persist_result=False, cache_policy=NO_CACHE))
+    counts = {"tasks_made_bare": len(saved), "result_files_written": 0}
+    try:
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: HEARTBEAT_SECONDS if on else None}):
+            yield counts
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+        after = sum(1 for p in results.rglob("*") if p.is_file()) if results.exists() else 0
+        counts["result_files_written"] = after - before
 
 
 def write_environment(name: str, doc: dict[str, Any]) -> None:

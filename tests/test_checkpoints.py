@@ -1,0 +1,71 @@
+"""The pieces of crash recovery that need no server: the hang fault point a kill test
+waits for, the automations' shape, and the setup command's input checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from deployments import automations, setup
+from tasks.config import REPO_ROOT
+
+
+def test_a_hang_fault_point_says_where_it_stopped_and_waits_for_the_kill(tmp_path: Path) -> None:
+    code = "from tasks.faults import fault_point; fault_point('deploy.after-set-image'); print('went on')"
+    env = {"RUNBOOK_FAULTS": "deploy.after-set-image:hang", "RUNBOOK_FAULTS_SIGNAL_DIR": str(tmp_path),
+           "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE)
+    try:
+        marker = tmp_path / "deploy.after-set-image"
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no marker"
+            time.sleep(0.05)
+        assert marker.read_text() == str(proc.pid)
+        time.sleep(1.5)
+        assert proc.poll() is None, "a hang point must not go on"
+    finally:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == -9 and b"went on" not in out
+
+
+def test_the_crash_automation_watches_heartbeats_of_runbook_runs_only() -> None:
+    detect, resume = automations.automations(timedelta(seconds=90))
+    trigger = detect.trigger
+    assert trigger.posture == "Proactive" and trigger.within == timedelta(seconds=90)
+    assert trigger.after == {"prefect.flow-run.heartbeat"}
+    assert {"prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Crashed",
+            "prefect.flow-run.Cancelled", "prefect.flow-run.heartbeat"} == set(trigger.expect)
+    assert trigger.for_each == {"prefect.resource.id"}
+    for auto in (detect, resume):
+        related = auto.trigger.match_related
+        assert related["prefect.resource.id"] in ("prefect.tag.runbook", ["prefect.tag.runbook"]), auto.name
+    assert detect.actions[0].state.value == "CRASHED" and resume.actions[0].state.value == "SCHEDULED"
+    assert resume.trigger.expect == {"prefect.flow-run.Crashed"} and resume.trigger.posture == "Reactive"
+
+
+@pytest.mark.parametrize(("url", "parsed"), [
+    ("s3://results", ("results", "")),
+    ("s3://results/prefect/tasks/", ("results", "prefect/tasks")),
+])
+def test_results_urls(url: str, parsed: tuple[str, str]) -> None:
+    assert setup.parse_results_url(url) == parsed
+
+
+@pytest.mark.parametrize("url", ["results", "file:///tmp/x", "s3:///no-bucket", "https://s3.example.com/b"])
+def test_a_results_url_that_is_not_s3_is_refused_naming_it(url: str) -> None:
+    with pytest.raises(ValueError, match=f"--results {url!r} is not an S3 URL; expected s3://<bucket>"):
+        setup.parse_results_url(url)
+
+
+def test_a_silent_window_shorter_than_two_heartbeats_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        setup.main(["--silent-after", "45"])
+    assert exit_.value.code == 2
+    assert "--silent-after 45: at least 60 s" in capsys.readouterr().err
