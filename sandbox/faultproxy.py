@@ -622,8 +622,8 @@ class _Connection:
             if not 100 <= int(response.start[1]) < 200 or response.start[1] == "101":
                 break
             self.client.send(raw)  # an interim response (103 Early Hints...) goes through
-        self.client.send(raw)
         self.proxy.faults.update(entry, status=int(response.start[1]))
+        self.client.send(raw)
         if response.start[1] == "101":
             upstream.watch = None
             _tunnel(self.client, upstream)
@@ -664,8 +664,9 @@ class _Connection:
         lines.append(f"Content-Length: {len(data)}")
         if close:
             lines.append("Connection: close")
-        self.client.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head.start[0] == "HEAD" else data))
+        # Logged before it is sent: a client that has its answer must find it in the log.
         self.proxy.faults.update(entry, status=status)
+        self.client.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head.start[0] == "HEAD" else data))
         if close:
             self.client.sock.shutdown(socket.SHUT_WR)
             # Let the client read the answer before the socket goes: closing with unread

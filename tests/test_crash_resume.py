@@ -406,7 +406,8 @@ def test_a_run_that_crashed_more_often_than_allowed_is_not_resumed_again_and_say
         run = read_run(stack, run_id)
         assert run.state.type == StateType.FAILED, run.state
         assert f"crashed {MAX_RESUMES + 1} times, more than the {MAX_RESUMES} resumes allowed" in run.state.message
-        assert events(stack, "runbook.resume.exhausted", run_id)
+        wait_for("the runbook.resume.exhausted event", lambda: events(stack, "runbook.resume.exhausted", run_id),
+                 30, [worker.log])
     finally:
         worker.stop()
 
