@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,39 @@ def test_a_silent_window_shorter_than_two_heartbeats_is_refused(capsys: pytest.C
         setup.main(["--silent-after", "45"])
     assert exit_.value.code == 2
     assert "--silent-after 45: at least 60 s" in capsys.readouterr().err
+
+
+def test_results_go_to_s3_through_the_block_that_setup_creates(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several machines: `deployments.setup --results s3://...` makes an S3Bucket block naming no
+    credentials; a worker with PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK writes its checkpoints there
+    (moto here), with its own AWS credentials from the environment."""
+    import boto3
+    from prefect import flow, task
+    from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
+
+    from tasks import checkpoints
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", sandbox.s3_access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", sandbox.s3_secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", sandbox.s3_region)
+    said = setup.ensure_results_block(f"s3://{sandbox.s3_bucket}/prefect-results", "runbook-results-test",
+                                      endpoint_url=sandbox.s3_endpoint)
+    assert said == f"S3Bucket block 'runbook-results-test' -> s3://{sandbox.s3_bucket}/prefect-results"
+
+    @task(**checkpoints.CHECKPOINT)
+    def remember(value: str) -> str:
+        return value
+
+    @flow
+    def uses_a_checkpoint() -> str:
+        return remember("before")
+
+    s3 = boto3.client("s3", endpoint_url=sandbox.s3_endpoint)
+    try:
+        before = s3.list_objects_v2(Bucket=sandbox.s3_bucket, Prefix="prefect-results/").get("KeyCount", 0)
+        with temporary_settings({PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: "s3-bucket/runbook-results-test"}):
+            assert uses_a_checkpoint() == "before"
+        after = s3.list_objects_v2(Bucket=sandbox.s3_bucket, Prefix="prefect-results/").get("KeyCount", 0)
+    finally:
+        s3.close()
+    assert after > before, "the checkpoint was not written to the results bucket"
