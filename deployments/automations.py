@@ -77,7 +77,7 @@ def ensure_automations(silent_after: timedelta = SILENT_AFTER) -> list[str]:
     done = []
     with get_client(sync_client=True) as client:
         for wanted in automations(silent_after):
-            core = AutomationCore(**wanted.model_dump(exclude={"id"}))
+            core = AutomationCore(**wanted.model_dump(exclude={"id", "owner_resource"}))
             found = client.read_automations_by_name(wanted.name)
             if not found:
                 client.create_automation(core)

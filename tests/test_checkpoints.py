@@ -106,3 +106,23 @@ def test_results_go_to_s3_through_the_block_that_setup_creates(sandbox: Any, mon
     finally:
         s3.close()
     assert after > before, "the checkpoint was not written to the results bucket"
+
+
+def test_the_automations_are_created_once_and_then_left_alone() -> None:
+    from prefect.client.orchestration import get_client
+
+    try:
+        first = automations.ensure_automations(timedelta(seconds=75))
+        again = automations.ensure_automations(timedelta(seconds=75))
+        changed = automations.ensure_automations(timedelta(seconds=90))
+        with get_client(sync_client=True) as client:
+            found = client.read_automations_by_name(automations.DETECT)
+    finally:  # the session's other tests run without them
+        with get_client(sync_client=True) as client:
+            for name in (automations.DETECT, automations.RESUME):
+                for auto in client.read_automations_by_name(name):
+                    client.delete_automation(auto.id)
+    assert first == [f"created automation {automations.DETECT!r}", f"created automation {automations.RESUME!r}"]
+    assert again == [f"automation {automations.DETECT!r} is up to date", f"automation {automations.RESUME!r} is up to date"]
+    assert changed == [f"updated automation {automations.DETECT!r}", f"automation {automations.RESUME!r} is up to date"]
+    assert len(found) == 1 and found[0].trigger.within == timedelta(seconds=90)
