@@ -104,7 +104,7 @@ def resume_attempt(max_resumes: int = MAX_RESUMES) -> int:
         states = client.read_flow_run_states(flow_run.id)
     crashes = sum(1 for st in states if st.type == StateType.CRASHED)
     if crashes > max_resumes:
-        emit("runbook.resume.exhausted", f"runbook.flow-run.{flow_run.id}",
+        emit("runbook.resume.exhausted", f"prefect.flow-run.{flow_run.id}",
              {"flow_run": str(flow_run.id), "flow": flow_run.flow_name, "crashes": crashes, "max_resumes": max_resumes})
         raise PolicyRefused(f"flow run {flow_run.name} crashed {crashes} times, more than the {max_resumes} resumes "
                             "allowed: not resuming again. Its last report says where it stopped; finish or "

@@ -124,6 +124,7 @@ def api_on_v1(sandbox: Any) -> None:
     from kubernetes import client, config
 
     from sandbox.cluster import GOOD_IMAGE, NAMESPACE
+    from tests.cluster_state import rolled_out
 
     api_client = config.new_client_from_config(config_file=str(sandbox.kubeconfig))
     apps = client.AppsV1Api(api_client)
@@ -133,19 +134,13 @@ def api_on_v1(sandbox: Any) -> None:
             apps.patch_namespaced_deployment("api", NAMESPACE, {"spec": {"template": {"spec": {"containers": [
                 {"name": "api", "image": GOOD_IMAGE}]}}}})
 
-        def rolled_out() -> bool:
-            d = apps.read_namespaced_deployment("api", NAMESPACE)
-            s = d.status
-            return bool(d.metadata.generation <= (s.observed_generation or 0) and s.updated_replicas == d.spec.replicas
-                        and s.available_replicas == d.spec.replicas and (s.replicas or 0) == d.spec.replicas)
-
         def window_clean() -> bool:
             snap = httpx.get(f"{sandbox.webapp_url}/svc/{NAMESPACE}/api/metrics", timeout=5).json()
             return all(v["window_requests"] == 0 or GOOD_IMAGE.endswith(name)
                        for name, v in snap.get("versions", {}).items())
 
         deadline = time.monotonic() + 60
-        while not (rolled_out() and window_clean()):
+        while not (rolled_out(apps, "api") and window_clean()):
             assert time.monotonic() < deadline, "api did not settle on the good image within 60 s"
             time.sleep(0.2)
     finally:

@@ -48,6 +48,7 @@ from sandbox.orchestration import PrefectServer, Worker
 from tasks import backups, postgres
 from tasks.config import load_environment
 from tasks.storage import open_storage
+from tests.cluster_state import rolled_out
 
 pytestmark = pytest.mark.scenario
 
@@ -190,13 +191,6 @@ def apps(sandbox: Any) -> Iterator[Any]:
 def image_of(apps: Any, deployment: str) -> str:
     dep = apps.read_namespaced_deployment(deployment, NAMESPACE)
     return next(c.image for c in dep.spec.template.spec.containers if c.name == deployment)
-
-
-def rolled_out(apps: Any, name: str) -> bool:
-    d = apps.read_namespaced_deployment(name, NAMESPACE)
-    s = d.status
-    return bool(d.metadata.generation <= (s.observed_generation or 0) and s.updated_replicas == d.spec.replicas
-                and (s.available_replicas or 0) == d.spec.replicas and (s.replicas or 0) == d.spec.replicas)
 
 
 def live_web(apps: Any) -> tuple[str, int]:
