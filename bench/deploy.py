@@ -29,7 +29,7 @@ import statistics
 import time
 from typing import Any
 
-from _lib.common import bench_sandbox, checkpoints, prefect_api  # noqa: E402
+from _lib.common import bench_sandbox, checkpoints, prefect_api, run_seconds  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
@@ -93,18 +93,6 @@ def main() -> None:
                                                - figures["good_overhead_bare_seconds"], 2)
     figures["overhead_seconds"] = max(figures["good_overhead_seconds"], figures["bad_overhead_seconds"])
     print(json.dumps(figures))
-
-
-def run_seconds(flow_run_id: Any) -> float:
-    """From the run's creation to its final state, as the API records them: what the UI and a
-    CI trigger see. The local call returns later by up to a second when heartbeats are on:
-    Prefect joins its heartbeat thread, which sleeps in 1 s steps, after the final state is set
-    (`call_overhead`)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as c:
-        run = c.read_flow_run(flow_run_id)
-    return (run.state.timestamp - run.created).total_seconds()
 
 
 _seen: set[str] = set()

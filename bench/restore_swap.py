@@ -5,10 +5,10 @@
 On the sandbox (PostgreSQL 15, our Kubernetes API server with `api` at 3 replicas, the
 sample web service), one backup of `fleet` to file:// storage, then alternately, twice
 each (the best of each is kept, so the order of runs does not decide):
-- raw `pg_restore -j N` of the stored dump file into a new database: the least downtime
-  a restore from this dump could have;
+- raw `pg_restore -j N` into a new database of a plain `pg_dump -Fc` (gzip) file, as a
+  restore by hand went before zstd;
 - our `restore-database` in swap mode: app-down time from scaling `api` to 0 until its
-  health URL answers again (terminate sessions, checksum, pg_restore -j N, row counts and
+  health URL answers again (terminate sessions, checksum and zstd -d, pg_restore -j N, row counts and
   smoke queries, the swap, scale back, rollout, health), as the flow reports it.
 
 Prints a table, then one JSON line with app_down_seconds, raw_pg_restore_seconds and
@@ -23,7 +23,14 @@ import threading
 import time
 from typing import Any
 
-from _lib.common import bench_sandbox, database_bytes, prefect_api, raw_pg_restore, write_environment  # noqa: E402
+from _lib.common import (  # noqa: E402
+    bench_sandbox,
+    database_bytes,
+    prefect_api,
+    raw_gzip_dump,
+    raw_pg_restore,
+    write_environment,
+)
 
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "1024"))
 JOBS = int(os.environ.get("BENCH_JOBS", "2"))
@@ -62,7 +69,6 @@ def confirmed_swap(env: str, database: str, dbname: str) -> dict[str, Any]:
 def main() -> None:
     from sandbox import api
     from tasks import postgres
-    from tasks.backups import CUSTOM_FILE
 
     with bench_sandbox("restore-swap", SIZE_MB) as (state, t_gen):
         server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
@@ -81,7 +87,9 @@ def main() -> None:
             from flows.backup import backup_database
 
             backup = backup_database(ENV, "fleet")
-            dump_file = state.workdir / "bench-backups" / "fleet" / backup["backup_id"] / CUSTOM_FILE
+            # The yardstick: pg_restore of a plain pg_dump -Fc (gzip), as restored by hand before.
+            dump_file = state.workdir / "raw-gzip.pgc"
+            raw_gzip_dump(server, "fleet", dump_file)
             raws: list[float] = []
             ours: list[dict[str, Any]] = []
             for _ in range(2):
@@ -103,7 +111,7 @@ def main() -> None:
         ("our restore-and-swap: app-down time", app_down),
         ("  scale api 3 -> 0, pods gone", timings.get("scale to 0", 0.0)),
         ("  terminate the remaining sessions", timings.get("terminate sessions", 0.0)),
-        ("  checksum of the stored dump", timings.get("download_and_checksum", 0.0)),
+        ("  checksum and zstd -d of the stored dump", timings.get("download_and_checksum", 0.0)),
         (f"  pg_restore -j{JOBS} (create database included)", timings.get("pg_restore", 0.0)),
         ("  row counts and smoke queries", timings.get("verify", 0.0)),
         ("  swap (two renames, one transaction)", timings.get("swap", 0.0)),

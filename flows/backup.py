@@ -68,7 +68,8 @@ def allocate_backup_id(env: EnvironmentConfig, database: str) -> str:
 @task(**retries.policy("postgres"), **checkpoints.EFFECT)
 def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None, backup_id: str,
                     pg_dump_major: int) -> backups.Manifest:
-    """Snapshot, exact row counts, then pg_dump --snapshot streamed into storage. What an
+    """Snapshot, then pg_dump --snapshot streamed into storage (compressed on the way for
+    zstd) while the snapshot's exact row counts are counted beside it. What an
     earlier attempt of this run left under the backup's prefix is discarded first."""
     logger = get_run_logger()
     cfg = env.database(database)
@@ -88,18 +89,15 @@ def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None, b
 
     started = time.monotonic()
     with postgres.exported_snapshot(server, cfg.dbname) as snap:
-        if cfg.format == "custom":
-            files = [backups.stream_custom_dump(server, cfg.dbname, snap, storage, prefix + backups.CUSTOM_FILE,
-                                                cfg.compress, on_progress)]
-        else:
-            files = backups.dump_directory(server, cfg.dbname, snap, storage, prefix, cfg.compress, cfg.jobs,
-                                           on_progress)
+        files, row_counts = backups.dump_and_count(server, cfg.dbname, snap, storage, prefix, cfg.format, cfg.codec,
+                                                   cfg.jobs, on_progress)
     dump_seconds = time.monotonic() - started
     update_progress_artifact(progress_id, progress=100.0)
     return backups.Manifest(
         backup_id=backup_id, environment=env.name, database=database, dbname=cfg.dbname, format=cfg.format,
-        files=files, size=sum(f.size for f in files), sha256=backups.combined_sha256(files),
-        row_counts=snap.row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at,
+        compression=cfg.compression, files=files, size=sum(f.size for f in files),
+        sha256=backups.combined_sha256(files),
+        row_counts=row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at,
         server_version=snap.server_version, pg_dump_version=pg_dump_major,
         database_size=snap.database_size, durations={"dump": round(dump_seconds, 3)},
         flow_run_id=run_id, created_at=datetime.now(UTC).isoformat(),

@@ -3,9 +3,14 @@ and the catalogue built from what storage holds.
 
 Layout under the storage URL:
 
-    <database>/<backup_id>/dump.pgc            custom format: one object
-    <database>/<backup_id>/dump/<file>         directory format: toc.dat and data files
+    <database>/<backup_id>/dump.pgc.zst        custom format, zstd: one object, a run of zstd frames
+    <database>/<backup_id>/dump.pgc            custom format, gzip (pg_dump's own compression)
+    <database>/<backup_id>/dump/<file>[.zst]   directory format: toc.dat and data files
     <database>/<backup_id>/manifest.json       written last; without it the backup is incomplete
+
+With zstd, pg_dump writes uncompressed (-Z0) and the stream is compressed on its way to
+storage; the sizes and checksums in the manifest are those of the stored (compressed)
+bytes, and `raw_size` is what `zstd -d` gives back.
 
 `backup_id` is the UTC start time plus a random suffix, so ids sort by age.
 """
@@ -18,6 +23,7 @@ import fcntl
 import hashlib
 import itertools
 import json
+import os
 import re
 import secrets
 import shutil
@@ -27,14 +33,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from tasks import compression
 from tasks.errors import CheckFailed, DumpAborted, ObjectMissing, PermanentError, RunbookError, TransientError
-from tasks.postgres import Server, Snapshot, connect, find_tool, server_answers, sessions_killed, tool_major
+from tasks.postgres import (
+    Server,
+    Snapshot,
+    connect,
+    count_rows,
+    find_tool,
+    server_answers,
+    sessions_killed,
+    tool_major,
+)
 from tasks.redact import scrub
 from tasks.retention import BackupRecord
 from tasks.storage import CHUNK, HashingReader, Storage, get_json, put_json
@@ -50,8 +67,20 @@ _TABLE_LINE = re.compile(r'dumping contents of table "([^"]+)"')
 
 class StoredFile(BaseModel):
     key: str = Field(description="Key relative to the backup folder")
-    size: int
-    sha256: str
+    size: int = Field(description="Bytes stored")
+    sha256: str = Field(description="Of the bytes stored")
+    raw_size: int | None = Field(None, description="Bytes after decompression, for a file we compressed")
+    frames: list[tuple[int, int]] | None = Field(None, description="(stored, raw) bytes of each zstd frame, in order")
+
+    @property
+    def restored_name(self) -> str:
+        """The file's name as pg_dump wrote it (without .zst)."""
+        return self.key.removesuffix(compression.SUFFIX) if self.raw_size is not None else self.key
+
+    @property
+    def local_size(self) -> int:
+        """Bytes the file takes once ready for pg_restore."""
+        return self.raw_size if self.raw_size is not None else self.size
 
 
 class Manifest(BaseModel):
@@ -62,6 +91,7 @@ class Manifest(BaseModel):
     database: str
     dbname: str
     format: str
+    compression: str | None = Field(None, description="zstd:N or gzip:N; None: written before the setting, gzip")
     files: list[StoredFile]
     size: int
     sha256: str
@@ -79,6 +109,10 @@ class Manifest(BaseModel):
     @property
     def taken_at(self) -> datetime:
         return datetime.fromisoformat(self.snapshot_time)
+
+    @property
+    def codec(self) -> compression.Compression:
+        return compression.of_manifest(self.compression)
 
 
 def new_backup_id(now: datetime | None = None) -> str:
@@ -231,53 +265,86 @@ def _dump_failed(proc: subprocess.Popen[bytes], progress: DumpProgress) -> Excep
     return TransientError(f"pg_dump failed (exit {proc.returncode}); upload aborted: {err}")
 
 
+class StoredStream:
+    """One file on its way to storage: compressed when the compression is ours (zstd),
+    hashed and counted as stored."""
+
+    def __init__(self, storage: Storage, prefix: str, name: str, codec: compression.Compression) -> None:
+        self.key = codec.stored_name(name)
+        self.writer = storage.writer(prefix + self.key)
+        self.sha = hashlib.sha256()
+        self.raw = 0
+        self.compressor = compression.FrameCompressor(codec.level) if codec.ours else None
+
+    def write(self, chunk: bytes) -> None:
+        self.raw += len(chunk)
+        self._store(self.compressor.compress(chunk) if self.compressor else chunk)
+
+    def _store(self, data: bytes) -> None:
+        if data:
+            self.sha.update(data)
+            self.writer.write(data)
+
+    def commit(self) -> StoredFile:
+        if self.compressor:
+            self._store(self.compressor.flush())
+        self.writer.commit()
+        return StoredFile(key=self.key, size=self.writer.bytes_written, sha256=self.sha.hexdigest(),
+                          raw_size=self.raw if self.compressor else None,
+                          frames=self.compressor.frames if self.compressor else None)
+
+    def abort(self) -> None:
+        if self.compressor:
+            self.compressor.abort()
+        self.writer.abort()
+
+
 def stream_custom_dump(
     server: Server,
     dbname: str,
     snapshot: Snapshot,
     storage: Storage,
-    key: str,
-    compress: int,
+    prefix: str,
+    codec: compression.Compression,
     on_progress: Callable[[float, int], None],
 ) -> StoredFile:
-    """pg_dump -Fc straight into storage, hashing on the way; no local copy."""
+    """pg_dump -Fc straight into storage, compressed (zstd) and hashed on the way; no local copy."""
     pg_dump = find_tool("pg_dump", snapshot.server_version // 10000)
-    args = [pg_dump, "-Fc", f"-Z{compress}", f"--snapshot={snapshot.snapshot_id}", "-v", "--no-password"]
-    progress = DumpProgress(snapshot.table_sizes, snapshot.row_counts)
+    args = [pg_dump, "-Fc", f"-Z{codec.pg_dump_level}", f"--snapshot={snapshot.snapshot_id}", "-v", "--no-password"]
+    progress = DumpProgress(snapshot.table_sizes, snapshot.row_estimates)
     app_name = f"runbook-dump-{secrets.token_hex(4)}"  # to find its COPY in pg_stat_progress_copy
-    writer = storage.writer(key)
+    stream = StoredStream(storage, prefix, CUSTOM_FILE, codec)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**server.env(dbname), "PGAPPNAME": app_name})
     assert proc.stdout is not None
     _widen_pipe(proc.stdout)
     drain = threading.Thread(target=_drain, args=(proc.stderr, progress), daemon=True)
     drain.start()
-    sha = hashlib.sha256()
     last = time.monotonic()
     try:
+        # Whole chunks (read, not read1): a few hundred compressor calls per GB, not tens of thousands.
         while chunk := proc.stdout.read1(CHUNK):
-            sha.update(chunk)
-            writer.write(chunk)
+            stream.write(chunk)
             if time.monotonic() - last > PROGRESS_EVERY_SECONDS:
                 last = time.monotonic()
-                on_progress(progress.fraction(copy_rows_done(server, dbname, app_name)), writer.bytes_written)
+                on_progress(progress.fraction(copy_rows_done(server, dbname, app_name)), stream.writer.bytes_written)
         proc.wait()
         drain.join()
         if proc.returncode != 0:
             raise _dump_failed(proc, progress)
-        writer.commit()
+        stored = stream.commit()
     except BaseException:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        writer.abort()
+        stream.abort()
         raise
     finally:
         drain.join(timeout=DRAIN_WAIT_S)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-    return StoredFile(key=CUSTOM_FILE, size=writer.bytes_written, sha256=sha.hexdigest())
+    return stored
 
 
 def dump_directory(
@@ -286,16 +353,17 @@ def dump_directory(
     snapshot: Snapshot,
     storage: Storage,
     prefix: str,
-    compress: int,
+    codec: compression.Compression,
     jobs: int,
     on_progress: Callable[[float, int], None],
 ) -> list[StoredFile]:
-    """pg_dump -Fd -j N to a local temp folder, then upload each file with its hash."""
+    """pg_dump -Fd -j N to a local temp folder, then upload each file (compressed, for zstd)
+    with its hash."""
     pg_dump = find_tool("pg_dump", snapshot.server_version // 10000)
     files: list[StoredFile] = []
     with tempfile.TemporaryDirectory(prefix="runbook-dump-") as tmp:
         out = Path(tmp) / "dump"
-        args = [pg_dump, "-Fd", f"-j{jobs}", f"-Z{compress}", f"--snapshot={snapshot.snapshot_id}",
+        args = [pg_dump, "-Fd", f"-j{jobs}", f"-Z{codec.pg_dump_level}", f"--snapshot={snapshot.snapshot_id}",
                 "-v", "--no-password", "-f", str(out)]
         progress = DumpProgress(snapshot.table_sizes)
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=server.env(dbname))
@@ -307,22 +375,32 @@ def dump_directory(
             raise _dump_failed(proc, progress)
         uploaded = 0
         for path in sorted(out.iterdir()):
-            rel = DIR_PREFIX + path.name
-            writer = storage.writer(prefix + rel)
-            sha = hashlib.sha256()
+            stream = StoredStream(storage, prefix, DIR_PREFIX + path.name, codec)
             try:
                 with open(path, "rb") as fh:
                     while chunk := fh.read(CHUNK):
-                        sha.update(chunk)
-                        writer.write(chunk)
-                writer.commit()
+                        stream.write(chunk)
+                files.append(stream.commit())
             except BaseException:
-                writer.abort()
+                stream.abort()
                 raise
-            files.append(StoredFile(key=rel, size=writer.bytes_written, sha256=sha.hexdigest()))
-            uploaded += writer.bytes_written
+            uploaded += files[-1].size
             on_progress(0.99, uploaded)
     return files
+
+
+def dump_and_count(server: Server, dbname: str, snapshot: Snapshot, storage: Storage, prefix: str, fmt: str,
+                   codec: compression.Compression, jobs: int,
+                   on_progress: Callable[[float, int], None]) -> tuple[list[StoredFile], dict[str, int]]:
+    """The dump into storage, and the exact row counts of the same snapshot, counted beside
+    it on a second connection rather than before it."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="row-counts") as pool:
+        counting = pool.submit(count_rows, server, dbname, snapshot.snapshot_id)
+        if fmt == "custom":
+            files = [stream_custom_dump(server, dbname, snapshot, storage, prefix, codec, on_progress)]
+        else:
+            files = dump_directory(server, dbname, snapshot, storage, prefix, codec, jobs, on_progress)
+        return files, counting.result()
 
 
 def combined_sha256(files: list[StoredFile]) -> str:
@@ -341,60 +419,89 @@ def combined_sha256(files: list[StoredFile]) -> str:
 def verify_stored(storage: Storage, prefix: str, files: list[StoredFile], backup_id: str,
                   fmt: str, server_major: int | None = None) -> list[str]:
     """Read every stored object back: compare sha256 and size with what was written, and
-    read the archive's table of contents with `pg_restore --list`. Returns the TOC."""
+    read the archive's table of contents with `pg_restore --list`, from the decompressed
+    stream when we compressed it. Returns the TOC."""
     pg_restore = find_tool("pg_restore", server_major)
     toc: list[str] | None = None
     with tempfile.TemporaryDirectory(prefix="runbook-verify-") as tmp:
         for f in files:
-            listing = None
-            sink = None
             if fmt == "custom":
-                # Output to files, not pipes: a long TOC must not block pg_restore while we feed it.
-                out_f = open(Path(tmp) / "toc.txt", "w+b")  # noqa: SIM115
-                err_f = open(Path(tmp) / "toc.err", "w+b")  # noqa: SIM115
-                listing = subprocess.Popen([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
-                                           bufsize=0)  # unbuffered: nothing left to flush at close
-            elif f.key == DIR_PREFIX + "toc.dat":
+                toc = _list_stream(pg_restore, Path(tmp), storage, prefix, backup_id, f)
+            elif f.restored_name == DIR_PREFIX + "toc.dat":
                 (Path(tmp) / "dump").mkdir()
-                sink = open(Path(tmp) / "dump" / "toc.dat", "wb")  # noqa: SIM115
-            reader = read_stored(storage, prefix, backup_id, f)
-            for chunk in reader:
-                if listing is not None and listing.stdin is not None:
-                    try:
-                        listing.stdin.write(chunk)
-                    except BrokenPipeError:  # it has read the TOC and left
-                        listing.stdin.close()
-                        listing.stdin = None
-                if sink is not None:
-                    sink.write(chunk)
-            if sink is not None:
-                sink.close()
-            try:
-                check_checksum(backup_id, f, reader)
-            except CheckFailed:
-                if listing is not None:
-                    listing.kill()
-                    listing.wait()
-                raise
-            if listing is not None:
-                if listing.stdin is not None:
-                    listing.stdin.close()
-                    listing.stdin = None
-                listing.wait()
-                out_f.seek(0)
-                err_f.seek(0)
-                out, err = out_f.read(), err_f.read()
-                out_f.close()
-                err_f.close()
-                if listing.returncode != 0:
-                    raise CheckFailed(f"backup {backup_id}: pg_restore --list failed: "
-                                      f"{scrub(err.decode(errors='replace').strip())[-1000:]}")
-                toc = _toc_lines(out.decode(errors="replace"))
+                with open(Path(tmp) / "dump" / "toc.dat", "wb") as sink:
+                    read_file(read_stored(storage, prefix, backup_id, f), f, backup_id, sink.write)
+            else:
+                read_file(read_stored(storage, prefix, backup_id, f), f, backup_id, _checksum_only)
         if fmt == "directory":
             toc = restore_list(Path(tmp) / "dump", server_major)
     if toc is None:
         raise CheckFailed(f"backup {backup_id}: no table of contents found")
     return toc
+
+
+def _list_stream(pg_restore: str, tmp: Path, storage: Storage, prefix: str, backup_id: str,
+                 f: StoredFile) -> list[str]:
+    """`pg_restore --list` fed from the stored object as it is read and checked."""
+    # Output to files, not pipes: a long TOC must not block pg_restore while we feed it.
+    with open(tmp / "toc.txt", "w+b") as out_f, open(tmp / "toc.err", "w+b") as err_f:
+        listing = subprocess.Popen([pg_restore, "--list"], stdin=subprocess.PIPE, stdout=out_f, stderr=err_f,
+                                   bufsize=0)  # unbuffered: nothing left to flush at close
+        assert listing.stdin is not None
+        stdin: Any = listing.stdin
+
+        def feed(chunk: bytes) -> bool:
+            nonlocal stdin
+            if stdin is not None:
+                try:
+                    stdin.write(chunk)
+                except BrokenPipeError:  # it has read the TOC and left
+                    stdin.close()
+                    stdin = None
+            return stdin is not None
+
+        try:
+            read_file(read_stored(storage, prefix, backup_id, f), f, backup_id, feed)
+        except BaseException:
+            listing.kill()
+            listing.wait()
+            raise
+        finally:
+            if stdin is not None:
+                stdin.close()
+        listing.wait()
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
+    if listing.returncode != 0:
+        raise CheckFailed(f"backup {backup_id}: pg_restore --list failed: "
+                          f"{scrub(err.decode(errors='replace').strip())[-1000:]}")
+    return _toc_lines(out.decode(errors="replace"))
+
+
+def _checksum_only(chunk: bytes) -> bool:
+    return False
+
+
+def read_file(reader: HashingReader, f: StoredFile, backup_id: str, sink: Callable[[bytes], Any]) -> None:
+    """One stored file into `sink` as pg_dump wrote it (decompressed, when we compressed it),
+    until the sink returns False; then the checksum check on every stored byte. Damage that
+    stops decompression is read past, so that the checksum names it: a changed byte, or an
+    object cut short."""
+    broken: compression.NotZstd | None = None
+    chunks = compression.decompress(iter(reader), f.raw_size) if f.raw_size is not None else iter(reader)
+    try:
+        for chunk in chunks:
+            if sink(chunk) is False:
+                break
+    except compression.NotZstd as exc:
+        broken = exc
+    for _ in reader:  # the rest, for its checksum
+        pass
+    check_checksum(backup_id, f, reader)
+    if broken is not None:
+        raise CheckFailed(f"backup {backup_id}: {f.key} matches its checksum but does not decompress as zstd: "
+                          f"{broken}")
 
 
 def check_checksum(backup_id: str, expected: StoredFile, read: HashingReader) -> None:
@@ -424,11 +531,17 @@ def _toc_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith(";")]
 
 
+def in_place(storage: Storage, prefix: str, f: StoredFile) -> Path | None:
+    """The stored file itself, when pg_restore can read it where it is: local storage, and
+    stored as pg_dump wrote it (not compressed by us)."""
+    return storage.local_path(prefix + f.key) if f.raw_size is None else None
+
+
 def bytes_to_fetch(storage: Storage, manifest: Manifest) -> int:
-    """The bytes `fetch_backup` writes to its folder: the files storage does not already
-    hold as local files (those are verified in place)."""
+    """The bytes `fetch_backup` writes to its folder: every file, decompressed, but for those
+    that local storage holds as pg_dump wrote them (verified in place)."""
     prefix = backup_prefix(manifest.database, manifest.backup_id)
-    return sum(f.size for f in manifest.files if storage.local_path(prefix + f.key) is None)
+    return sum(f.local_size for f in manifest.files if in_place(storage, prefix, f) is None)
 
 
 def no_room(backup_id: str, folder: Path, need: int, free: int, detail: str = "") -> PermanentError:
@@ -445,10 +558,12 @@ def check_room(folder: Path, backup_id: str, need: int) -> None:
 
 
 def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[Path, float]:
-    """Make the backup available as a local file or folder for pg_restore, checking every
-    byte against the manifest on the way. Local storage is verified in place, not copied.
-    A failed fetch removes what it wrote; a full disk is a PermanentError naming the folder
-    and the bytes. Returns the path and the seconds spent."""
+    """Make the backup available as a local file or folder for pg_restore (which must seek),
+    checking every stored byte against the manifest on the way. A zstd file is decompressed
+    as it downloads, or straight from the stored file for local storage; a local file that
+    pg_dump compressed is verified in place, not copied. A failed fetch removes what it
+    wrote; a full disk is a PermanentError naming the folder and the bytes. Returns the
+    path and the seconds spent."""
     start = time.monotonic()
     prefix = backup_prefix(manifest.database, manifest.backup_id)
     need, free = bytes_to_fetch(storage, manifest), shutil.disk_usage(workdir).free
@@ -456,32 +571,43 @@ def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[P
     key = ""
     try:
         for f in manifest.files:
-            key = f.key
-            local = storage.local_path(prefix + f.key)
+            key = f.restored_name
             reader = read_stored(storage, prefix, manifest.backup_id, f)
-            if local is not None:
-                for _ in reader:
-                    pass
-            else:
-                local = workdir / f.key
-                local.parent.mkdir(parents=True, exist_ok=True)
-                written.append(local)
-                with open(local, "wb") as fh:
-                    for chunk in reader:
-                        fh.write(chunk)
-            check_checksum(manifest.backup_id, f, reader)
+            if in_place(storage, prefix, f) is not None:
+                read_file(reader, f, manifest.backup_id, _checksum_only)
+                continue
+            local = workdir / f.restored_name
+            local.parent.mkdir(parents=True, exist_ok=True)
+            written.append(local)
+            with open(local, "wb") as fh:
+                os.posix_fallocate(fh.fileno(), 0, f.local_size)  # a full disk fails here, before the download
+                if f.frames:
+                    _unzstd_frames(reader, f, manifest.backup_id, fh.fileno())
+                else:
+                    read_file(reader, f, manifest.backup_id, fh.write)
     except BaseException as exc:
         _remove(written, workdir)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise no_room(manifest.backup_id, workdir, need, free,
                           f" (no space left on device writing {key})") from None
         raise
-    first = storage.local_path(prefix + manifest.files[0].key)
+    first = in_place(storage, prefix, manifest.files[0])
     if manifest.format == "custom":
         path = first if first is not None else workdir / CUSTOM_FILE
     else:
         path = first.parent if first is not None else workdir / DIR_PREFIX.rstrip("/")
     return path, time.monotonic() - start
+
+
+def _unzstd_frames(reader: HashingReader, f: StoredFile, backup_id: str, fd: int) -> None:
+    """A framed zstd file into `fd`, its frames decompressed in parallel as they download;
+    then the checksum check, which names damage before the decompressor's view of it."""
+    assert f.frames is not None
+    broken = compression.write_frames(reader, f.frames, fd)
+    check_checksum(backup_id, f, reader)
+    if broken is not None:
+        raise CheckFailed(f"backup {backup_id}: {f.key} matches its checksum but does not decompress as zstd: "
+                          f"{broken}")
 
 
 def _remove(files: list[Path], workdir: Path) -> None:

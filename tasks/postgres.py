@@ -227,6 +227,33 @@ def row_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     return counts
 
 
+def count_rows(server: Server, dbname: str, snapshot_id: str) -> dict[str, int]:
+    """Exact row counts as of an exported snapshot, on a connection of their own, so that
+    they can be counted while pg_dump reads the same snapshot."""
+    with connect(server, dbname, autocommit=False) as conn:
+        try:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            counts = row_counts(conn)
+        except psycopg.Error as exc:
+            raise classify(exc) from None
+        conn.rollback()
+        return counts
+
+
+def row_estimates(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """The planner's row estimates (pg_class.reltuples) of every user table: free to read."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname || '.' || c.relname, greatest(c.reltuples, 0)::bigint
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg_toast%'
+        """
+    ).fetchall()
+    return {r[0]: int(r[1]) for r in rows}
+
+
 def table_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
     rows = conn.execute(
         """
@@ -244,7 +271,7 @@ class Snapshot:
     snapshot_id: str
     lsn: str
     taken_at: str  # ISO timestamp from the server's now()
-    row_counts: dict[str, int]
+    row_estimates: dict[str, int]  # pg_class.reltuples, for progress; `count_rows` gives exact counts
     table_sizes: dict[str, int]
     server_version: int
     database_size: int
@@ -252,8 +279,9 @@ class Snapshot:
 
 @contextlib.contextmanager
 def exported_snapshot(server: Server, dbname: str) -> Iterator[Snapshot]:
-    """Hold a REPEATABLE READ transaction open with an exported snapshot. Row counts,
-    the LSN and now() are read inside it, so pg_dump --snapshot sees exactly that state."""
+    """Hold a REPEATABLE READ transaction open with an exported snapshot. The LSN and now()
+    are read inside it, so pg_dump --snapshot sees exactly that state, and so does
+    `count_rows` with the snapshot's id."""
     with connect(server, dbname, autocommit=False) as conn:
         try:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -267,7 +295,7 @@ def exported_snapshot(server: Server, dbname: str) -> Iterator[Snapshot]:
                 snapshot_id=snap_row[0],
                 lsn=str(snap_row[1]),
                 taken_at=snap_row[2].isoformat(),
-                row_counts=row_counts(conn),
+                row_estimates=row_estimates(conn),
                 table_sizes=table_sizes(conn),
                 server_version=server_version_num(conn),
                 database_size=int(snap_row[3]),

@@ -151,6 +151,15 @@ def _service(env: str, service: str) -> str:
 # --- backups -------------------------------------------------------------------------------------
 
 
+def _compression(manifest: Manifest) -> str:
+    return manifest.compression or "gzip (pg_dump's, before the setting)"
+
+
+def _raw_mb(manifest: Manifest) -> str:
+    raw = [f.raw_size for f in manifest.files]
+    return f"{sum(raw) / 1e6:.2f}" if all(r is not None for r in raw) else "(compressed by pg_dump)"
+
+
 def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reused: bool,
            plan: RetentionPlan | None, error: str | None, preflight: dict[str, Any]) -> Report:
     cfg = env.database(database)
@@ -166,7 +175,9 @@ def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reu
             ("backup id", manifest.backup_id),
             ("storage", f"{cfg.storage.url}/{database}/{manifest.backup_id}/"),
             ("format", manifest.format),
+            ("compression", _compression(manifest)),
             ("size (MB)", f"{manifest.size / 1e6:.2f}"),
+            ("uncompressed dump (MB)", _raw_mb(manifest)),
             ("database size (MB)", f"{manifest.database_size / 1e6:.2f}"),
             ("sha256", manifest.sha256),
             ("snapshot time", manifest.snapshot_time),
@@ -224,6 +235,7 @@ def restore_test(env: EnvironmentConfig, database: str, manifest: Manifest | Non
             ("backup id", manifest.backup_id),
             ("backup taken at", manifest.snapshot_time),
             ("backup size (MB)", f"{manifest.size / 1e6:.2f}"),
+            ("compression", _compression(manifest)),
             ("sha256", manifest.sha256),
             ("scratch database", scratch),
             ("scratch database dropped", dropped),

@@ -38,9 +38,29 @@ def stored_sha256(storage: Any, manifest: backups.Manifest) -> str:
     return h.hexdigest()
 
 
+def compressed_with(spec: str) -> Any:
+    """An edit for `make_environment`: every database backed up with `spec`."""
+
+    def edit(doc: dict[str, Any]) -> None:
+        for db in doc["databases"].values():
+            db["compression"] = spec
+
+    return edit
+
+
+def dump_in(folder: Path) -> Path:
+    """The one dump file of a custom-format backup folder: dump.pgc or dump.pgc.zst."""
+    (dump,) = folder.glob(backups.CUSTOM_FILE + "*")
+    return dump
+
+
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip:6"])
 @pytest.mark.parametrize("database", ["fleet", "pgbench"], ids=["s3", "file"])
-def test_backup_then_restore_test_round_trip(make_environment: Any, database: str) -> None:
-    env = make_environment(f"roundtrip-{database}")
+def test_backup_then_restore_test_round_trip(make_environment: Any, database: str, compression: str) -> None:
+    env = make_environment(f"roundtrip-{database}-{compression[:4]}", compressed_with(compression))
     result = backup_database(env, database)
     storage = storage_of(env, database)
     manifest = backups.load_manifest(storage, database, result["backup_id"])
@@ -48,6 +68,14 @@ def test_backup_then_restore_test_round_trip(make_environment: Any, database: st
     assert manifest.row_counts == live_counts(env, database)
     assert sum(manifest.row_counts.values()) > 0
     assert stored_sha256(storage, manifest) == manifest.sha256 == result["sha256"]
+    (stored,) = manifest.files
+    head = next(storage.iter_chunks(f"{database}/{manifest.backup_id}/{stored.key}"))[:5]
+    if compression == "zstd":
+        assert manifest.compression == "zstd:3" and stored.key == "dump.pgc.zst" and head[:4] == ZSTD_MAGIC
+        assert stored.raw_size is not None and stored.raw_size > stored.size  # what zstd -d gives back
+    else:
+        assert manifest.compression == "gzip:6" and stored.key == "dump.pgc" and head == b"PGDMP"
+        assert stored.raw_size is None  # pg_dump compressed inside its archive
 
     verdict = restore_test(env, database)
     assert verdict["backup_id"] == manifest.backup_id
@@ -56,26 +84,28 @@ def test_backup_then_restore_test_round_trip(make_environment: Any, database: st
     assert postgres.list_databases(postgres.Server.from_dsn(cfg.dsn.resolve()), "rt_%") == []
 
 
-def test_restore_test_fails_when_one_byte_is_flipped(make_environment: Any) -> None:
-    env = make_environment("flipped")
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_restore_test_fails_when_one_byte_is_flipped(make_environment: Any, compression: str) -> None:
+    env = make_environment(f"flipped-{compression}", compressed_with(compression))
     result = backup_database(env, "pgbench")
     storage = storage_of(env, "pgbench")
-    path = storage.local_path(f"pgbench/{result['backup_id']}/{backups.CUSTOM_FILE}")
+    path = dump_in(storage.local_path(f"pgbench/{result['backup_id']}/"))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
 
     state = restore_test(env, "pgbench", return_state=True)
     assert state.is_failed()
-    assert result["backup_id"] in state.message
-    assert "checksum check failed" in state.message
+    # The checksum names it, not the decompressor that trips over it first.
+    assert f"backup {result['backup_id']}: checksum check failed for {path.name}: expected sha256 " in state.message
+    assert "its content changed" in state.message
 
 
 def test_restore_test_fails_on_a_flipped_byte_in_s3(make_environment: Any) -> None:
     env = make_environment("flipped-s3")
     result = backup_database(env, "fleet")
     storage = storage_of(env, "fleet")
-    key = f"fleet/{result['backup_id']}/{backups.CUSTOM_FILE}"
+    key = f"fleet/{result['backup_id']}/{backups.CUSTOM_FILE}.zst"
     data = bytearray(storage.get_bytes(key))
     data[-100] ^= 0x80
     storage.put_bytes(key, bytes(data))
@@ -85,25 +115,29 @@ def test_restore_test_fails_on_a_flipped_byte_in_s3(make_environment: Any) -> No
     assert result["backup_id"] in state.message and "checksum" in state.message
 
 
-def _tampered_restore_test(make_environment: Any, name: str, tamper: Any) -> tuple[str, Any]:
+def _tampered_restore_test(make_environment: Any, name: str, tamper: Any, edit: Any = None) -> tuple[str, Any]:
     """Back up pgbench to file:// storage, damage the stored backup, run the restore test."""
-    env = make_environment(name)
+    env = make_environment(name, edit)
     backup_id = backup_database(env, "pgbench")["backup_id"]
     tamper(storage_of(env, "pgbench").local_path(f"pgbench/{backup_id}/"))
     return backup_id, restore_test(env, "pgbench", return_state=True)
 
 
-def test_a_truncated_dump_is_named_with_both_sizes(make_environment: Any) -> None:
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_a_truncated_dump_is_named_with_both_sizes(make_environment: Any, compression: str) -> None:
     sizes: list[int] = []
+    names: list[str] = []
 
     def truncate(folder: Path) -> None:
-        dump = folder / backups.CUSTOM_FILE
+        dump = dump_in(folder)
+        names.append(dump.name)
         sizes.append(dump.stat().st_size)
         dump.write_bytes(dump.read_bytes()[: sizes[0] // 2])
 
-    backup_id, state = _tampered_restore_test(make_environment, "truncated", truncate)
+    backup_id, state = _tampered_restore_test(make_environment, f"truncated-{compression}", truncate,
+                                              compressed_with(compression))
     assert state.is_failed()
-    assert f"backup {backup_id}: checksum check failed for {backups.CUSTOM_FILE}: truncated" in state.message
+    assert f"backup {backup_id}: checksum check failed for {names[0]}: truncated" in state.message
     assert f"expected {sizes[0]} bytes, the stored object has {sizes[0] // 2}" in state.message
 
 
@@ -129,11 +163,11 @@ def test_a_manifest_that_is_json_but_not_a_manifest_names_the_fields(make_enviro
 
 def test_a_missing_dump_is_named(make_environment: Any) -> None:
     def delete_dump(folder: Path) -> None:
-        (folder / backups.CUSTOM_FILE).unlink()
+        dump_in(folder).unlink()
 
     backup_id, state = _tampered_restore_test(make_environment, "missing-dump", delete_dump)
     assert state.is_failed()
-    assert f"backup {backup_id}: {backups.CUSTOM_FILE} is missing from " in state.message
+    assert f"backup {backup_id}: {backups.CUSTOM_FILE}.zst is missing from " in state.message
 
 
 def _big_env(make_environment: Any, sandbox: Any) -> str:
@@ -148,7 +182,7 @@ def _big_env(make_environment: Any, sandbox: Any) -> str:
     def edit(doc: dict[str, Any]) -> None:
         big = dict(doc["databases"]["fleet"])
         big["dbname"] = "fleet_big"
-        big["compress"] = 9
+        big["compression"] = "gzip:9"  # pg_dump compresses slowly: seconds to kill it in
         big["restore_test"] = {"jobs": 2}
         doc["databases"] = {"fleet_big": big}
 
@@ -251,6 +285,7 @@ def test_directory_format_round_trip(make_environment: Any) -> None:
     result = backup_database(env, "fleet")
     manifest = backups.load_manifest(storage_of(env, "fleet"), "fleet", result["backup_id"])
     assert manifest.format == "directory" and len(manifest.files) > 1
+    assert all(f.key.endswith(".zst") and f.raw_size for f in manifest.files)  # each file compressed on its own
     assert restore_test(env, "fleet")["backup_id"] == result["backup_id"]
 
 
@@ -280,3 +315,33 @@ def test_a_pg_dump_older_than_the_server_is_refused_before_anything_is_written(
     assert state.is_failed() and "pg_dump 14 is older than the server (15)" in state.message
     assert "install postgresql-client-15 or set PG_BIN_DIR" in state.message
     assert storage_of(env, "pgbench").list_keys("pgbench/") == []
+
+
+# The manifest's fields before compression was a setting (commit 6037059), and its files'.
+MANIFEST_FIELDS_BEFORE_ZSTD = {
+    "backup_id", "environment", "database", "dbname", "format", "files", "size", "sha256", "row_counts", "lsn",
+    "snapshot_time", "server_version", "pg_dump_version", "database_size", "durations", "flow_run_id",
+    "created_at", "tool",
+}
+FILE_FIELDS_BEFORE_ZSTD = {"key", "size", "sha256"}
+
+
+def test_a_gzip_backup_taken_before_zstd_still_passes_the_restore_test(make_environment: Any) -> None:
+    """A backup as the code before this change wrote it: pg_dump -Fc -Z6 in dump.pgc, and a
+    manifest without `compression`, `raw_size` or `frames`."""
+    import json
+
+    env = make_environment("old-gzip", compressed_with("gzip:6"))
+    backup_id = backup_database(env, "pgbench")["backup_id"]
+    folder = storage_of(env, "pgbench").local_path(f"pgbench/{backup_id}/")
+    doc = json.loads((folder / backups.MANIFEST).read_text())
+    del doc["compression"]
+    for f in doc["files"]:
+        del f["raw_size"], f["frames"]
+    assert set(doc) == MANIFEST_FIELDS_BEFORE_ZSTD and all(set(f) == FILE_FIELDS_BEFORE_ZSTD for f in doc["files"])
+    (folder / backups.MANIFEST).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    assert dump_in(folder).name == backups.CUSTOM_FILE
+
+    verdict = restore_test(env, "pgbench")
+    assert verdict["backup_id"] == backup_id
+    assert backups.load_manifest(storage_of(env, "pgbench"), "pgbench", backup_id).codec.kind == "gzip"

@@ -67,9 +67,16 @@ def test_valid_config_loads(tmp_path: Path) -> None:
         ({"databases__fleet__dsn": {"env": "X", "secret": "y"}}, ["databases.fleet.dsn", "exactly one"]),
         ({"databases__fleet__objectives": {"rto": "soon", "rpo": "1h"}}, ["objectives.rto", "'soon'", "duration"]),
         ({"databases__fleet__jobs": 0}, ["databases.fleet.jobs", "greater than or equal to 1", "(got 0)"]),
+        ({"databases__fleet__compression": "lz4"},
+         ["databases.fleet.compression", "'lz4' is not a compression", "zstd[:1-19]", "gzip[:0-9]"]),
+        ({"databases__fleet__compression": "zstd:22"}, ["databases.fleet.compression", "levels run from 1 to 19"]),
+        # The setting before zstd: how to write it now, keeping what it meant.
+        ({"databases__fleet__compress": 6},
+         ["databases.fleet", "'compress: 6' is now 'compression'", "'compression: gzip:6'", "zstd:3"]),
     ],
     ids=["unknown-key", "bad-cron", "bad-url-scheme", "relative-file-url", "bad-timezone",
-         "two-retention-styles", "two-secret-sources", "bad-duration", "zero-jobs"],
+         "two-retention-styles", "two-secret-sources", "bad-duration", "zero-jobs", "unknown-compression",
+         "zstd-level-too-high", "compress-renamed"],
 )
 def test_bad_config_names_file_key_value_and_what_is_allowed(
     tmp_path: Path, changes: dict[str, Any], expected: list[str]

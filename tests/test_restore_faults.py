@@ -217,14 +217,15 @@ def test_a_restore_test_whose_temp_folder_is_full_names_it_and_the_bytes_and_lea
 
     assert state.is_failed()
     assert f"backup {backup_id}: not enough space in {folder} for the download" in state.message
-    assert f"it needs {manifest.size} bytes, 0 bytes were free" in state.message
+    # The dump decompressed: the file pg_restore reads.
+    assert f"it needs {manifest.files[0].raw_size} bytes, 0 bytes were free" in state.message
     assert list(folder.iterdir()) == []
     assert postgres.list_databases(admin(), scratch_like(state)) == []
 
 
 def test_a_download_that_fills_the_disk_names_the_folder_and_the_bytes_and_removes_its_file(
         make_environment: Any, tmpfs: Callable[[str], Path]) -> None:
-    folder = tmpfs("64k")  # the sandbox's fleet dump is about 130 KB
+    folder = tmpfs("64k")  # the sandbox's fleet dump is about 130 KB, 440 KB decompressed
     env = make_environment("disk-fills")
     storage = open_storage(load_environment(env).database("fleet").storage)
     manifest = backups.load_manifest(storage, "fleet", backup_database(env, "fleet")["backup_id"])
@@ -234,7 +235,7 @@ def test_a_download_that_fills_the_disk_names_the_folder_and_the_bytes_and_remov
 
     assert f"not enough space in {folder} for the download (no space left on device writing dump.pgc)" in str(
         failed.value)
-    assert f"it needs {manifest.size} bytes, 65536 bytes were free" in str(failed.value)
+    assert f"it needs {manifest.files[0].raw_size} bytes, 65536 bytes were free" in str(failed.value)
     assert list(folder.iterdir()) == []
 
 

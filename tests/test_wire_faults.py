@@ -68,7 +68,8 @@ def dump_path(env: str, backup_id: str) -> str:
     """The URL path of a backup's dump object, as the proxy sees it."""
     storage = open_storage(load_environment(env).database("fleet").storage)
     assert isinstance(storage, S3Storage)
-    return f"/{storage.bucket}/{storage.full_key(backups.backup_prefix('fleet', backup_id) + backups.CUSTOM_FILE)}"
+    key = backups.load_manifest(storage, "fleet", backup_id).files[0].key  # dump.pgc.zst
+    return f"/{storage.bucket}/{storage.full_key(backups.backup_prefix('fleet', backup_id) + key)}"
 
 
 def test_a_download_that_breaks_mid_body_resumes_where_it_broke(

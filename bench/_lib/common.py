@@ -101,6 +101,33 @@ def database_bytes(server: Any, dbname: str) -> int:
     return int(row[0]) if row else 0
 
 
+def raw_gzip_dump(server: Any, dbname: str, out: Path) -> float:
+    """Seconds of a plain `pg_dump -Fc` (gzip level 6, pg_dump's default) into `out`."""
+    from tasks import postgres
+
+    started = time.monotonic()
+    with open(out, "wb") as fh:
+        subprocess.run([postgres.find_tool("pg_dump", 15), "-Fc", "-Z6"], stdout=fh, env=server.env(dbname),
+                       check=True)
+    return time.monotonic() - started
+
+
+def raw_zstd_pipe(server: Any, dbname: str, out: Path) -> float:
+    """Seconds of the shell pipe `pg_dump -Fc -Z0 | zstd -3 -T2 > out`."""
+    from tasks import postgres
+
+    started = time.monotonic()
+    with open(out, "wb") as fh:
+        dump = subprocess.Popen([postgres.find_tool("pg_dump", 15), "-Fc", "-Z0"], stdout=subprocess.PIPE,
+                                env=server.env(dbname))
+        zstd = subprocess.run(["zstd", "-3", "-T2", "-q", "-c"], stdin=dump.stdout, stdout=fh, check=True)
+        assert dump.stdout is not None
+        dump.stdout.close()
+        if dump.wait() != 0 or zstd.returncode != 0:
+            raise RuntimeError("pg_dump | zstd failed")
+    return time.monotonic() - started
+
+
 def raw_pg_restore(server: Any, dump_file: Path, jobs: int) -> float:
     """Seconds of a plain `pg_restore -j` of the dump into a new database (then dropped)."""
     from tasks import postgres
@@ -113,3 +140,15 @@ def raw_pg_restore(server: Any, dump_file: Path, jobs: int) -> float:
     elapsed = time.monotonic() - started
     postgres.drop_database(server, "raw_restore")
     return elapsed
+
+
+def run_seconds(flow_run_id: Any) -> float:
+    """From the run's creation to its final state, as the API records them: what the UI and a
+    CI trigger see. The local call returns later by up to a second when heartbeats are on:
+    Prefect joins its heartbeat thread, which sleeps in 1 s steps, after the final state is set
+    (`call_overhead`)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        run = c.read_flow_run(flow_run_id)
+    return (run.state.timestamp - run.created).total_seconds()
