@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/backup.py            # about 1 GB (BENCH_SIZE_MB to change)
 
-Figures, each the best of two runs, ours and raw alternating:
+Figures, each the best of BENCH_ROUNDS (3) backups and two restores, ours and raw alternating:
 - raw `pg_dump -Fc` (gzip level 6, the default before zstd) into a file, and the raw
   pipe `pg_dump -Fc -Z0 | zstd -3 -T2` into a file;
 - our backup flow with `compression: zstd:3` (the default) to file:// and to S3 (moto):
@@ -43,6 +43,7 @@ from _lib.common import (  # noqa: E402
 
 SIZE_MB = int(os.environ.get("BENCH_SIZE_MB", "1024"))
 JOBS = int(os.environ.get("BENCH_JOBS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))  # of each backup, ours and raw alternating
 
 
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
@@ -93,7 +94,7 @@ def main() -> None:
             from flows.restore_test import restore_test
 
             raw_gzip, raw_pipe, file_runs, s3_runs, restores, raw_restores = [], [], [], [], [], []
-            for _ in range(2):
+            for _ in range(ROUNDS):
                 raw_gzip.append(raw_gzip_dump(server, "fleet", gzip_file))
                 raw_pipe.append(raw_zstd_pipe(server, "fleet", pipe_file))
                 with checkpoints(True):

@@ -86,7 +86,9 @@ def ensure_automations(silent_after: timedelta = SILENT_AFTER) -> list[str]:
             for extra in found[1:]:  # two setups raced: keep one
                 client.delete_automation(extra.id)
             current = AutomationCore(**found[0].model_dump(exclude={"id", "owner_resource"}))
-            if current.model_dump(mode="json") == core.model_dump(mode="json"):
+            # Python-mode dumps: the triggers' sets (expect, after, for_each) compare as sets, not
+            # as lists in whatever order a set iterates.
+            if current.model_dump() == core.model_dump():
                 done.append(f"automation {wanted.name!r} is up to date")
             else:
                 client.update_automation(found[0].id, core)

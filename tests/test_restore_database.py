@@ -75,7 +75,7 @@ def backed_up(make_environment: Any) -> Iterator[Any]:
     restore left (`name`, `name_restore_*`, `name_pre_restore_*`) afterwards."""
     made: list[str] = []
 
-    def make(name: str) -> str:
+    def make(name: str, compression: str | None = None) -> str:
         server = admin()
         for leftover in postgres.list_databases(server, f"{name}%"):
             postgres.drop_database(server, leftover)
@@ -85,6 +85,8 @@ def backed_up(make_environment: Any) -> Iterator[Any]:
 
         def edit(doc: dict[str, Any]) -> None:
             doc["databases"] = {"fleet": {**doc["databases"]["fleet"], "dbname": name, "apps": ["api"]}}
+            if compression:
+                doc["databases"]["fleet"]["compression"] = compression
 
         env = make_environment(f"rd-{name}", edit)
         backup_database(env, "fleet")
@@ -218,18 +220,20 @@ def test_a_wrong_confirmation_aborts_before_any_change(backed_up: Any, apps: Any
     assert postgres.list_databases(admin(), "rdrefused_%") == []
 
 
-def test_mode_new_restores_beside_production_and_leaves_the_app_alone(backed_up: Any, apps: Any) -> None:
-    env = backed_up("rdnew")
-    backed = counts("rdnew")
-    change_after_backup("rdnew")
-    live = counts("rdnew")
+@pytest.mark.parametrize(("name", "compression"), [("rdnew", None), ("rdnewgz", "gzip")], ids=["zstd", "gzip"])
+def test_mode_new_restores_beside_production_and_leaves_the_app_alone(backed_up: Any, apps: Any, name: str,
+                                                                      compression: str | None) -> None:
+    env = backed_up(name, compression)
+    backed = counts(name)
+    change_after_backup(name)
+    live = counts(name)
     generation = api_generation(apps)
 
     result = restore_database(env, "fleet", mode="new")  # no confirmation: production is not touched
 
     restored = result["names"]["restored"]
-    assert postgres.list_databases(admin(), "rdnew_%") == [restored]
-    assert counts(restored) == backed and counts("rdnew") == live
+    assert postgres.list_databases(admin(), f"{name}_%") == [restored]
+    assert counts(restored) == backed and counts(name) == live
     assert api_generation(apps) == generation and result["replicas_before"] == {}
 
 
