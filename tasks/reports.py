@@ -204,8 +204,8 @@ def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reu
     else:
         report.events.append(Event("runbook.backup.succeeded", resource, {
             "environment": env.name, "database": database, "backup_id": manifest.backup_id,
-            "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
-            "dump_seconds": manifest.durations.get("dump"), "deleted": sorted(plan.delete) if plan else [],
+            "size": manifest.size, "sha256": manifest.sha256, "compression": _compression(manifest),
+            "reused": reused, "dump_seconds": manifest.durations.get("dump"), "deleted": sorted(plan.delete) if plan else [],
         }))
     return report
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from tasks import reports
 from tasks.checks import Check
 from tasks.config import ServiceConfig
 from tasks.records import DeployRecord
@@ -44,3 +49,38 @@ def test_a_failed_deploy_report_gives_the_time_to_recovery_and_emits_rolled_back
     assert "| time to recovery (s) | 1.23 |" in render(report)
     assert [e.name for e in report.events] == ["runbook.deploy.failed", "runbook.deploy.rolled-back"]
     assert report.links == [("service", "http://api.local/")]
+
+
+def _manifest(**changes: Any) -> Any:
+    from tasks.backups import Manifest, StoredFile
+
+    doc: dict[str, Any] = {
+        "backup_id": "20261202T020000Z-a1b2c3", "environment": "rep", "database": "fleet", "dbname": "fleet",
+        "format": "custom", "compression": "zstd:3",
+        "files": [StoredFile(key="dump.pgc.zst", size=226_000_000, sha256="ab" * 32, raw_size=807_000_000,
+                             frames=[(130_000_000, 134_217_728), (96_000_000, 672_782_272)])],
+        "size": 226_000_000, "sha256": "ab" * 32, "row_counts": {"public.trips": 5}, "lsn": "0/1",
+        "snapshot_time": "2026-12-02T02:00:00+00:00", "server_version": 150018, "pg_dump_version": 15,
+        "database_size": 1_069_000_000, "durations": {"dump": 6.8}, "created_at": "2026-12-02T02:00:07+00:00",
+    }
+    return Manifest(**{**doc, **changes})
+
+
+@pytest.mark.parametrize(("manifest_changes", "compression", "raw_mb"), [
+    ({}, "zstd:3", "807.00"),
+    # A backup from before the setting: no compression, no raw size.
+    ({"compression": None, "files": [{"key": "dump.pgc", "size": 212_000_000, "sha256": "cd" * 32}]},
+     "gzip (pg_dump's, before the setting)", "(compressed by pg_dump)"),
+], ids=["zstd", "gzip-before-zstd"])
+def test_a_backup_report_says_how_it_was_compressed(manifest_changes: dict[str, Any], compression: str,
+                                                    raw_mb: str) -> None:
+    from tasks.config import EnvironmentConfig
+
+    env = EnvironmentConfig.model_validate({"name": "rep", "databases": {"fleet": {
+        "dsn": {"env": "REP_DSN"}, "storage": {"url": "s3://backups/rep"}, "retention": {"days": 7},
+        "objectives": {"rto": "1h", "rpo": "1d"}}}})
+    report = reports.backup(env, "fleet", _manifest(**manifest_changes), False, None, None, {})
+    figures = dict(report.figures)
+    assert figures["compression"] == compression and figures["uncompressed dump (MB)"] == raw_mb
+    (event,) = report.events
+    assert event.name == "runbook.backup.succeeded" and event.payload["compression"] == compression
