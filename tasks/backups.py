@@ -580,7 +580,8 @@ def fetch_backup(storage: Storage, manifest: Manifest, workdir: Path) -> tuple[P
             local.parent.mkdir(parents=True, exist_ok=True)
             written.append(local)
             with open(local, "wb") as fh:
-                os.posix_fallocate(fh.fileno(), 0, f.local_size)  # a full disk fails here, before the download
+                if f.local_size:  # a full disk fails here, before the download (0 bytes is EINVAL)
+                    os.posix_fallocate(fh.fileno(), 0, f.local_size)
                 if f.frames:
                     _unzstd_frames(reader, f, manifest.backup_id, fh.fileno())
                 else:

@@ -345,3 +345,25 @@ def test_a_gzip_backup_taken_before_zstd_still_passes_the_restore_test(make_envi
     verdict = restore_test(env, "pgbench")
     assert verdict["backup_id"] == backup_id
     assert backups.load_manifest(storage_of(env, "pgbench"), "pgbench", backup_id).codec.kind == "gzip"
+
+
+
+def test_a_stored_file_of_zero_bytes_is_fetched_as_an_empty_file(tmp_path: Path) -> None:
+    """Preallocating 0 bytes is EINVAL: an empty dump file must still fetch."""
+    from tasks import compression
+    from tasks.storage import FileStorage
+
+    storage = FileStorage(f"file://{tmp_path}/store", tmp_path / "store")
+    backup_id = backups.new_backup_id()
+    stream = backups.StoredStream(storage, backups.backup_prefix("db", backup_id), "dump/1.dat",
+                                  compression.parse("zstd"))
+    stored = stream.commit()
+    assert stored.raw_size == 0 and stored.size > 0 and stored.frames
+    manifest = backups.Manifest(
+        backup_id=backup_id, environment="t", database="db", dbname="db", format="directory",
+        compression="zstd:3", files=[stored], size=stored.size, sha256=stored.sha256, row_counts={}, lsn="0/0",
+        snapshot_time="2026-12-02T00:00:00+00:00", server_version=150000, pg_dump_version=15, database_size=0,
+        durations={}, created_at="2026-12-02T00:00:00+00:00")
+    (tmp_path / "work").mkdir()
+    path, _ = backups.fetch_backup(storage, manifest, tmp_path / "work")
+    assert path == tmp_path / "work" / "dump" and (path / "1.dat").read_bytes() == b""
