@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _lib.common import bench_sandbox, database_bytes, raw_zstd_pipe  # noqa: E402
 
@@ -36,6 +37,7 @@ def main() -> None:
     import zstandard
 
     from tasks import postgres
+    from tasks.compression import FrameCompressor
 
     with bench_sandbox("compression", SIZE_MB) as (state, _):
         server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
@@ -47,66 +49,47 @@ def main() -> None:
         def dump() -> subprocess.Popen[bytes]:
             return subprocess.Popen([pg_dump, "-Fc", "-Z0"], stdout=subprocess.PIPE, env=env)
 
+        def store(pipe: Any, compressor: Any = None) -> int:
+            """Read `pipe` to its end, compressed by `compressor` (compress/flush) if given, hashed
+            and written to `out`, as a backup to file:// does. Returns the bytes written."""
+            size, sha = 0, hashlib.sha256()
+            with open(out, "wb") as fh:
+                def put(data: bytes) -> None:
+                    nonlocal size
+                    sha.update(data)
+                    fh.write(data)
+                    size += len(data)
+
+                while chunk := pipe.read1(CHUNK):
+                    put(compressor.compress(chunk) if compressor else chunk)
+                if compressor:
+                    put(compressor.flush())
+            pipe.close()
+            return size
+
         def cli() -> int:
             source = dump()
             zstd = subprocess.Popen(["zstd", "-3", "-T2", "-q", "-c"], stdin=source.stdout, stdout=subprocess.PIPE)
-            assert source.stdout is not None and zstd.stdout is not None
+            assert source.stdout is not None
             source.stdout.close()
-            size, sha = 0, hashlib.sha256()
-            with open(out, "wb") as fh:
-                while chunk := zstd.stdout.read1(CHUNK):
-                    sha.update(chunk)
-                    fh.write(chunk)
-                    size += len(chunk)
-            zstd.stdout.close()
+            size = store(zstd.stdout)
             if source.wait() != 0 or zstd.wait() != 0:
                 raise RuntimeError("pg_dump | zstd failed")
             return size
 
-        def wheel(threads: int) -> Callable[[], int]:
+        def in_process(make_compressor: Callable[[], Any]) -> Callable[[], int]:
             def run() -> int:
                 source = dump()
-                assert source.stdout is not None
-                cobj = zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True).compressobj()
-                size, sha = 0, hashlib.sha256()
-                with open(out, "wb") as fh:
-                    while chunk := source.stdout.read1(CHUNK):
-                        data = cobj.compress(chunk)
-                        sha.update(data)
-                        fh.write(data)
-                        size += len(data)
-                    data = cobj.flush()
-                    sha.update(data)
-                    fh.write(data)
-                    size += len(data)
-                source.stdout.close()
+                size = store(source.stdout, make_compressor())
                 if source.wait() != 0:
                     raise RuntimeError("pg_dump failed")
                 return size
 
             return run
 
-        def ours() -> int:
-            from tasks.compression import FrameCompressor
-
-            source = dump()
-            assert source.stdout is not None
-            frames = FrameCompressor(3)
-            size, sha = 0, hashlib.sha256()
-            with open(out, "wb") as fh:
-                while chunk := source.stdout.read1(CHUNK):
-                    data = frames.compress(chunk)
-                    sha.update(data)
-                    fh.write(data)
-                    size += len(data)
-                data = frames.flush()
-                sha.update(data)
-                fh.write(data)
-                size += len(data)
-            source.stdout.close()
-            if source.wait() != 0:
-                raise RuntimeError("pg_dump failed")
-            return size
+        def wheel(threads: int) -> Callable[[], int]:
+            return in_process(
+                lambda: zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True).compressobj())
 
         def raw() -> int:
             raw_zstd_pipe(server, "fleet", Path(out))
@@ -117,7 +100,7 @@ def main() -> None:
             "cli: zstd -T2 in the pipe, Python hashes": cli,
             "wheel: zstandard, 1 thread": wheel(1),
             "wheel: zstandard, all CPUs (threads=-1)": wheel(-1),
-            "ours: all CPUs, a frame per 128 MiB": ours,
+            "ours: all CPUs, a frame per 128 MiB": in_process(lambda: FrameCompressor(3)),
         }
         runs: dict[str, list[float]] = {name: [] for name in variants}
         sizes: dict[str, int] = {}

@@ -241,29 +241,18 @@ def count_rows(server: Server, dbname: str, snapshot_id: str) -> dict[str, int]:
         return counts
 
 
-def row_estimates(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    """The planner's row estimates (pg_class.reltuples) of every user table: free to read."""
+def table_stats(conn: psycopg.Connection[Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """Every user table's size in bytes, and its planner row estimate (pg_class.reltuples),
+    by schema.table: free to read, for a dump's progress."""
     rows = conn.execute(
         """
-        SELECT n.nspname || '.' || c.relname, greatest(c.reltuples, 0)::bigint
+        SELECT n.nspname || '.' || c.relname, pg_table_size(c.oid), greatest(c.reltuples, 0)::bigint
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
           AND n.nspname NOT LIKE 'pg_toast%'
         """
     ).fetchall()
-    return {r[0]: int(r[1]) for r in rows}
-
-
-def table_sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
-    rows = conn.execute(
-        """
-        SELECT n.nspname || '.' || c.relname, pg_table_size(c.oid)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg_toast%'
-        """
-    ).fetchall()
-    return {r[0]: int(r[1]) for r in rows}
+    return {r[0]: int(r[1]) for r in rows}, {r[0]: int(r[2]) for r in rows}
 
 
 @dataclass(frozen=True)
@@ -291,12 +280,13 @@ def exported_snapshot(server: Server, dbname: str) -> Iterator[Snapshot]:
                 "now(), pg_database_size(current_database())"
             ).fetchone()
             assert snap_row is not None
+            sizes, estimates = table_stats(conn)
             snapshot = Snapshot(
                 snapshot_id=snap_row[0],
                 lsn=str(snap_row[1]),
                 taken_at=snap_row[2].isoformat(),
-                row_estimates=row_estimates(conn),
-                table_sizes=table_sizes(conn),
+                row_estimates=estimates,
+                table_sizes=sizes,
                 server_version=server_version_num(conn),
                 database_size=int(snap_row[3]),
             )
