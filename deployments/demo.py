@@ -81,10 +81,14 @@ def _expect_rollback(row: dict[str, Any], environment: str, service: str, previo
 
 def _last_deploy_figures(environment: str, service: str) -> dict[str, Any]:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        artifact = client.read_latest_artifacts(limit=200)
-    report = next((a for a in artifact if a.key == f"deploy-{environment}-{service}"), None)
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"deploy-{environment}-{service}"])),
+            sort=ArtifactSort.CREATED_DESC, limit=1)
+    report = found[0] if found else None
     text = str(report.data) if report else ""
     recovery = text.split("time to recovery (s) | ")[1].split(" |")[0] if "time to recovery (s) | " in text else "?"
     return {"recovery_seconds": recovery}
