@@ -22,14 +22,14 @@ bench: install
 
 install: system-deps $(STAMP)
 
-# PostgreSQL 15 server and client tools, and zstd (the manual restore in docs/operations.md), from
-# Debian, when missing.
+# PostgreSQL 15 server and client tools, pgBackRest (physical backups and PITR), and zstd (the
+# manual restore in docs/operations.md), from Debian, when missing.
 system-deps:
-	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -x $(PG_BIN)/pg_restore ] || [ ! -f /usr/share/postgresql/15/extension/amcheck.control ] || ! command -v zstd >/dev/null; then \
-	  echo "installing PostgreSQL 15 and zstd from Debian"; \
+	@if [ ! -x $(PG_BIN)/initdb ] || [ ! -x $(PG_BIN)/pg_restore ] || [ ! -f /usr/share/postgresql/15/extension/amcheck.control ] || ! command -v zstd >/dev/null || ! command -v pgbackrest >/dev/null; then \
+	  echo "installing PostgreSQL 15, pgBackRest and zstd from Debian"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends postgresql-15 postgresql-client-15 postgresql-contrib zstd; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends postgresql-15 postgresql-client-15 postgresql-contrib pgbackrest zstd; \
 	fi
 
 $(STAMP): requirements.lock pyproject.toml

@@ -5,7 +5,9 @@ of every database, the weekly restore test of each, a schema migration (with its
 checkpoint backup), a restore-and-swap of that checkpoint (the database rollback; the
 demo types the confirmation as an on-call engineer would in the UI), a good rolling
 deploy, a bad one that rolls itself back, and blue-green deploys by Service selector and
-by Ingress. Prints a summary and brings the sandbox down. Exit code 0 only if every run
+by Ingress; and for the whole cluster with pgBackRest: a full physical backup, a point-in-time
+recovery to a marked time on a new instance, a physical restore test and the WAL archive's
+health check. Prints a summary and brings the sandbox down. Exit code 0 only if every run
 passed.
 """
 
@@ -62,6 +64,23 @@ def _confirmed(name: str, fn: Callable[..., Any], run_input: dict[str, Any], *ar
     return out[0]
 
 
+def _marked_time() -> str:
+    """A recovery target: a heartbeat marker, the time just after it, one more marker after
+    the target, and the WAL holding them archived (what the sandbox's primary does by itself
+    within archive_timeout)."""
+    from datetime import timedelta
+
+    from tasks import postgres
+
+    server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
+    with postgres.connect(server, "postgres") as conn:
+        marked = postgres.write_heartbeat(conn)
+        time.sleep(0.3)
+        postgres.write_heartbeat(conn)
+        postgres.wait_archived(conn, postgres.switch_wal(conn), 60)
+    return (marked + timedelta(seconds=0.1)).isoformat()
+
+
 def _expect_rollback(row: dict[str, Any], environment: str, service: str, previous: str) -> dict[str, Any]:
     """A bad deploy passes the demo when its run failed and the previous image runs again."""
     from tasks import kubernetes
@@ -116,6 +135,17 @@ def _figures(row: dict[str, Any]) -> tuple[str, str]:
         t = r["timings"]
         return (f"{r['database']}: {r['checks']} checks passed, restore {t.get('pg_restore', 0):.1f}s, "
                 f"restore+verify {t.get('restore_and_verify', 0):.1f}s", r["artifact"])
+    if isinstance(r, dict) and r.get("runbook") == "physical-backup":
+        return (f"{r['type']} backup {r['label']}: {r['size'] / 1e6:.0f} MB, {r['repo_size'] / 1e6:.1f} MB stored, "
+                f"{r['seconds']:.1f}s", r["artifact"])
+    if isinstance(r, dict) and r.get("runbook") == "pitr-restore":
+        return f"recovered to {r['target_time']} on {r['instance']}, target reached", r["artifact"]
+    if isinstance(r, dict) and r.get("runbook") == "physical-restore-test":
+        return f"{r['label']}: {r['checks']} checks passed, RTO {r['rto_seconds']:.1f}s", r["artifact"]
+    if isinstance(r, dict) and r.get("runbook") == "archive-health":
+        f = r["figures"]
+        return (f"last WAL {f.get('last archived WAL')}, archived within {f.get('archived within (s)')} s",
+                r["artifact"])
     return row["message"][:100], ""
 
 
@@ -129,9 +159,13 @@ def main() -> int:
     os.environ.update(state.secret_env())
     rows: list[dict[str, Any]] = []
     try:
+        from flows.archive_health import archive_health
         from flows.backup import backup_all
         from flows.deploy import deploy
         from flows.migrate import migrate_database
+        from flows.physical_backup import physical_backup
+        from flows.physical_restore_test import physical_restore_test
+        from flows.pitr_restore import pitr_restore
         from flows.restore_database import restore_database
         from flows.restore_test import restore_test
         from tasks.config import load_environment
@@ -140,6 +174,10 @@ def main() -> int:
         rows.append(_run("backup-all", backup_all, env.name))
         for database in env.databases:
             rows.append(_run(f"restore-test {database}", restore_test, env.name, database))
+        rows.append(_run("physical-backup main", physical_backup, env.name, "main", "full"))
+        rows.append(_run("pitr-restore main", pitr_restore, env.name, "main", _marked_time()))
+        rows.append(_run("physical-restore-test", physical_restore_test, env.name, "main"))
+        rows.append(_run("archive-health main", archive_health, env.name, "main"))
         rows.append(_run("migrate fleet", migrate_database, env.name, "fleet"))
         # The seeds' database rollback: put the migration's checkpoint backup back in production's place.
         rows.append(_confirmed("restore fleet (swap)", restore_database, {"confirm": "fleet", "approver": "demo"},

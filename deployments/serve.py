@@ -7,7 +7,10 @@ Each environment gets `backup-all/<env>` on its backup cron and `restore-test/<e
 on its restore-test cron, both in the environment's timezone, and, when it has services,
 `deploy/<env>`, `rollback/<env>`, `scale/<env>`, `restart/<env>` and `autoscale/<env>`;
 `backup-database/<env>`, `migrate-database/<env>` and `restore-database/<env>` for manual
-runs. Runs happen in this process; stop it with Ctrl-C. It also creates (or updates) the
+runs. Each cluster (pgBackRest) gets `physical-backup/<env>-<cluster>-incr` hourly and `-full`
+daily, `physical-restore-test/<env>-<cluster>` on the restore-test cron, and
+`archive-health/<env>-<cluster>` every few minutes; `physical-backup/<env>` and
+`pitr-restore/<env>` for manual runs. Runs happen in this process; stop it with Ctrl-C. It also creates (or updates) the
 automations that mark a run whose heartbeats stopped Crashed and resume it
 (deployments/automations.py); a second serve process serving the same environments picks
 up such a run when this one is gone.
@@ -28,9 +31,13 @@ from prefect.schedules import Cron
 from prefect.utilities.annotations import freeze
 
 from deployments.automations import HEARTBEAT_SECONDS, ensure_automations
+from flows.archive_health import archive_health
 from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
 from flows.migrate import migrate_database
+from flows.physical_backup import physical_backup
+from flows.physical_restore_test import physical_restore_test
+from flows.pitr_restore import pitr_restore
 from flows.restore_database import restore_database
 from flows.restore_test import restore_test
 from flows.rollback import rollback
@@ -39,7 +46,8 @@ from tasks.config import EnvironmentConfig, environments_dir, load_environment
 
 SERVICE_FLOWS: tuple[Flow[..., Any], ...] = (deploy, rollback, scale, restart, autoscale)
 DATABASE_FLOWS: tuple[Flow[..., Any], ...] = (backup_database, migrate_database, restore_database)
-FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS)
+CLUSTER_FLOWS: tuple[Flow[..., Any], ...] = (physical_backup, pitr_restore, physical_restore_test, archive_health)
+FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS)
 
 
 def _deployment(fl: Flow[..., Any], env: EnvironmentConfig, name: str | None = None, **options: Any) -> Any:
@@ -50,7 +58,7 @@ def _deployment(fl: Flow[..., Any], env: EnvironmentConfig, name: str | None = N
                            tags=["runbook", fl.name, env.name], **options)
     # Prefect builds the form from this JSON schema: an enum makes the field a dropdown.
     properties = dep._parameter_openapi_schema.properties
-    for parameter, names in (("service", env.services), ("database", env.databases)):
+    for parameter, names in (("service", env.services), ("database", env.databases), ("cluster", env.clusters)):
         if parameter in properties and parameter not in fixed:
             properties[parameter]["enum"] = sorted(names)
     return dep
@@ -73,6 +81,32 @@ def deployments_for(environment: str) -> list[Any]:
             schedules=[Cron(env.schedules.restore_test, timezone=tz)],
             description=f"Weekly restore test of {database} in {env.name}",
         ))
+    deps += cluster_deployments(env)
+    return deps
+
+
+def cluster_deployments(env: EnvironmentConfig) -> list[Any]:
+    """Per cluster: hourly incremental and daily full physical backups, the weekly physical
+    restore test (on the restore-test cron, beside the logical ones), the archive health check
+    every few minutes; and manual runs of physical-backup and pitr-restore."""
+    tz = env.timezone
+    deps = [_deployment(fl, env) for fl in (physical_backup, pitr_restore)] if env.clusters else []
+    for name in env.clusters:
+        fixed = {"cluster": name}
+        deps += [
+            _deployment(physical_backup, env, name=f"{env.name}-{name}-incr", parameters={**fixed, "type": "incr"},
+                        schedules=[Cron(env.schedules.physical_incr, timezone=tz)],
+                        description=f"Hourly incremental physical backup of cluster {name} in {env.name}"),
+            _deployment(physical_backup, env, name=f"{env.name}-{name}-full", parameters={**fixed, "type": "full"},
+                        schedules=[Cron(env.schedules.physical_full, timezone=tz)],
+                        description=f"Daily full physical backup of cluster {name} in {env.name}"),
+            _deployment(physical_restore_test, env, name=f"{env.name}-{name}", parameters=fixed,
+                        schedules=[Cron(env.schedules.restore_test, timezone=tz)],
+                        description=f"Weekly physical restore test of cluster {name} in {env.name}"),
+            _deployment(archive_health, env, name=f"{env.name}-{name}", parameters=fixed,
+                        schedules=[Cron(env.schedules.archive_health, timezone=tz)],
+                        description=f"WAL archive health of cluster {name} in {env.name}, every few minutes"),
+        ]
     return deps
 
 

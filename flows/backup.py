@@ -87,21 +87,10 @@ def dump_to_storage(env: EnvironmentConfig, database: str, run_id: str | None, b
         update_progress_artifact(progress_id, progress=round(fraction * 100, 1))
         logger.info("dumping %s: %.0f%% of table data, %.1f MB written", database, fraction * 100, written / 1e6)
 
-    started = time.monotonic()
-    with postgres.exported_snapshot(server, cfg.dbname) as snap:
-        files, row_counts = backups.dump_and_count(server, cfg.dbname, snap, storage, prefix, cfg.format, cfg.codec,
-                                                   cfg.jobs, on_progress)
-    dump_seconds = time.monotonic() - started
+    manifest = backups.take_dump(server, cfg, env.name, database, storage, backup_id, run_id, pg_dump_major,
+                                 on_progress)
     update_progress_artifact(progress_id, progress=100.0)
-    return backups.Manifest(
-        backup_id=backup_id, environment=env.name, database=database, dbname=cfg.dbname, format=cfg.format,
-        compression=cfg.compression, files=files, size=sum(f.size for f in files),
-        sha256=backups.combined_sha256(files),
-        row_counts=row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at,
-        server_version=snap.server_version, pg_dump_version=pg_dump_major,
-        database_size=snap.database_size, durations={"dump": round(dump_seconds, 3)},
-        flow_run_id=run_id, created_at=datetime.now(UTC).isoformat(),
-    )
+    return manifest
 
 
 @dump_to_storage.on_rollback

@@ -2,7 +2,9 @@
 
 `up` starts a disposable stand-in for production on loopback: a PostgreSQL 15
 primary with a realistic `fleet` database and a `pgbench` database, and moto's S3
-server with the backup bucket. It writes `<workdir>/state.json` and
+server with the backup bucket. The primary archives its WAL with pgBackRest (stanza
+`sandbox`) to the bucket, through a TLS terminator in front of moto, and to a posix
+repository. It writes `<workdir>/state.json` and
 `<workdir>/sandbox.env` (both 0600, they hold the secrets) and the `sandbox`
 environment config. If anything fails on the way, it stops what it started and
 removes the work dir, so a failed `up` leaves nothing behind.
@@ -16,12 +18,17 @@ Work dir layout:
     kube/, webapp/     the fake Kubernetes API server and the sample web service
     faultproxy-s3/     the fault proxy in front of moto (sandbox/faultproxy.py)
     faultproxy-kube/   the fault proxy in front of the API server, and kubeconfig through it
+    tls/               the TLS terminator in front of moto (sandbox/tls.py): cert.pem (also the CA
+                       file), key.pem, tls.json, tls.log
+    pgbackrest/        pgbackrest.conf (0600), repo/ (repo2), restores/ (scratch instances of flows),
+                       log/, lock/, spool/; owned by the PostgreSQL account (sandbox/pgbackrest.py)
     prefect/           `prefect up`'s Prefect server and workers: logs, PREFECT_HOMEs, results
     backups/           target of the file:// storage in sandbox.yaml
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import secrets
 import shlex
@@ -38,9 +45,9 @@ import httpx
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox import cluster, faultproxy, orchestration, postgres, s3, sampledata
+from sandbox import cluster, faultproxy, orchestration, pgbackrest, postgres, s3, sampledata, tls
 from sandbox.environment import environment_dict, environment_text, write_environment, write_kubeconfig_via
-from sandbox.process import free_port, pid_alive, scrub
+from sandbox.process import cmdline, free_port, pid_alive, scrub
 from sandbox.state import (
     ENV_FILE,
     MARKER_FILE,
@@ -72,6 +79,7 @@ DATABASES = ("fleet", "pgbench")
 PORT_ATTEMPTS = 3
 S3_PROXY_DIR = "faultproxy-s3"
 KUBE_PROXY_DIR = "faultproxy-kube"
+TLS_DIR = "tls"
 _SOCKET_NAME_MAX = 107 - len("/.s.PGSQL.65535")  # sun_path is 108 bytes including the NUL
 
 
@@ -103,9 +111,10 @@ def up(workdir: Path | None = None, size_mb: int = 64, environments_dir: Path | 
         report = status(workdir)
         if report["healthy"]:
             return existing
-        pieces = {**report["components"], **report["proxies"], **report["prefect"]}
+        pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["prefect"]}
         broken = ", ".join(f"{name}: {c['detail']}" for name, c in pieces.items() if not c["ok"])
-        if all(c["ok"] for c in (*report["components"].values(), *report["proxies"].values())):
+        if all(c["ok"] for c in (*report["components"].values(), *report["archiving"].values(),
+                                 *report["proxies"].values())):
             fix = f"run `python -m sandbox prefect down --dir {workdir}` and then `prefect up` again"
         else:
             fix = f"run `python -m sandbox down --dir {workdir}` and then `up` again"
@@ -171,13 +180,29 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
     moto = s3.start(workdir, moto_port)
 
     pg_dir = workdir / "pg"
-    with _step("creating the PostgreSQL cluster", hidden):
-        postgres.make_cluster_dir(pg_dir)
-        data = postgres.init_cluster(pg_dir, bin_dir)
+    # The TLS terminator in front of moto (and its certificate) starts meanwhile too: its port
+    # goes into pgbackrest.conf, which must exist before PostgreSQL starts. Leaving the pool
+    # waits for it even on a failure, so `up`'s clean-up finds it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tls_starting = pool.submit(_start_tls, workdir, f"http://{s3.HOST}:{moto_port}", hidden)
+        with _step("creating the PostgreSQL cluster", hidden):
+            postgres.make_cluster_dir(pg_dir)
+            data = postgres.init_cluster(pg_dir, bin_dir)
+            archive = pgbackrest.prepare(workdir)
+    terminator = tls_starting.result()
+
+    def write_pgbackrest_config(pg_port: int, tls_port: int) -> Path:
+        with _step("writing pgbackrest.conf", hidden):
+            return pgbackrest.write_config(
+                archive, data_dir=data, pg_port=pg_port, socket_dir=pg_dir, bucket=BUCKET, region=s3.REGION,
+                access_key=access_key, secret_key=secret_key, tls_port=tls_port, ca_file=terminator.ca_file,
+            )
+
     pg_port, pg_pid = 0, 0
     for attempt in range(PORT_ATTEMPTS):
         pg_port = free_port()
-        postgres.set_port(data, pg_dir, pg_port)
+        pgbackrest_config = write_pgbackrest_config(pg_port, terminator.port)
+        postgres.set_port(data, pg_dir, pg_port, archive_command=pgbackrest.archive_command(pgbackrest_config))
         try:
             pg_pid = postgres.start(data, pg_dir, bin_dir, pg_port)
             break
@@ -196,16 +221,25 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
                 raise
             moto_port = free_port()
             moto = s3.start(workdir, moto_port)
+            # The terminator forwards to the old port: a new one, and its port in the config.
+            tls.stop_detached(workdir / TLS_DIR)
+            terminator = _start_tls(workdir, f"http://{s3.HOST}:{moto_port}", hidden)
+            write_pgbackrest_config(pg_port, terminator.port)
     endpoint = f"http://{s3.HOST}:{moto_port}"
     s3.create_bucket(endpoint, access_key, secret_key, BUCKET)
 
     backups = workdir / "backups"
     backups.mkdir(mode=0o700)
 
-    with _step("starting the Kubernetes API server and the sample web service", hidden):
-        kube = cluster.start(workdir)
-    with _step("starting the fault proxies in front of S3 and the Kubernetes API server", hidden):
-        proxies = _start_proxies(workdir, endpoint, kube)
+    # The stanza (stanza-create, then check: a WAL segment reaches both repositories) while
+    # the Kubernetes pieces and the proxies start; all before the sample data is loaded.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stanza = pool.submit(_create_stanza, pgbackrest_config, hidden)
+        with _step("starting the Kubernetes API server and the sample web service", hidden):
+            kube = cluster.start(workdir)
+        with _step("starting the fault proxies in front of S3 and the Kubernetes API server", hidden):
+            proxies = _start_proxies(workdir, endpoint, kube)
+        stanza.result()
 
     state = SandboxState(
         workdir=workdir,
@@ -232,6 +266,13 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
         webapp_url=kube.webapp_url,
         webapp_pid=kube.webapp_pid,
         **proxies,
+        pgbackrest_config=pgbackrest_config,
+        pgbackrest_stanza=pgbackrest.STANZA,
+        pgbackrest_restore_dir=archive.restores,
+        pgbackrest_posix_repo=archive.repo,
+        tls_s3_url=terminator.url,
+        tls_pid=terminator.pid,
+        tls_ca_file=terminator.ca_file,
     )
     with _step("loading the sample data", hidden):
         for db in DATABASES:
@@ -247,6 +288,18 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
         config.unlink(missing_ok=True)  # the work dir goes on failure; this file lives elsewhere
         raise
     return state
+
+
+def _start_tls(workdir: Path, upstream: str, hidden: list[str]) -> tls.DetachedTerminator:
+    """The TLS terminator in front of moto at `upstream`, with a self-signed certificate made
+    on the first start (in <workdir>/tls, readable by the PostgreSQL account's pgBackRest)."""
+    with _step("starting the TLS terminator in front of S3", hidden):
+        return tls.start_detached(workdir / TLS_DIR, upstream=upstream)
+
+
+def _create_stanza(config: Path, hidden: list[str]) -> None:
+    with _step(f"creating the pgBackRest stanza {pgbackrest.STANZA!r}", hidden):
+        pgbackrest.stanza_create(config, hidden)
 
 
 def _start_proxies(workdir: Path, s3_endpoint: str, kube: cluster.ClusterInfo) -> dict[str, Any]:
@@ -338,19 +391,39 @@ def down(workdir: Path | None = None) -> list[str]:
 def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | None) -> list[str]:
     # The Prefect server first: it keeps connections to PostgreSQL open.
     actions = orchestration.stop_recorded(state) if state is not None else []
-    actions += _stop_proxies(workdir) + cluster.stop(workdir)
-    data = state.pg_data_dir if state else workdir / "pg" / "data"
     if bin_dir is None:
         bin_dir = state.pg_bin if state else postgres.DEFAULT_PG_BIN
-    pid = postgres.stop(data, data.parent, bin_dir, state.pg_port if state else None)
+    # Scratch instances that flows restored and left running: their files are about to go.
+    restores = (state.pgbackrest_restore_dir if state else None) or pgbackrest.layout(workdir).restores
+    actions += pgbackrest.stop_orphans(restores, bin_dir)
+    actions += _stop_proxies(workdir) + cluster.stop(workdir)
+    data = state.pg_data_dir if state else workdir / "pg" / "data"
+    # A fast shutdown lets the archiver try the WAL still waiting; with S3 unreachable each
+    # archive-push retries for many seconds (three of them: ~40 s). The dir goes anyway.
+    modes = ("fast", "immediate") if _archive_reachable(state) else ("immediate",)
+    pid = postgres.stop(data, data.parent, bin_dir, state.pg_port if state else None, modes=modes)
     if pid is not None:
         if pid_alive(pid):
             raise PermanentError(f"PostgreSQL (pid {pid}) did not stop; {workdir} is left in place")
         actions.append(f"stopped PostgreSQL (pid {pid})")
+    # After PostgreSQL: its last archive-push may still need S3.
+    if (workdir / TLS_DIR).exists() and tls.stop_detached(workdir / TLS_DIR):
+        actions.append("stopped the TLS terminator in front of S3")
     moto_pid = s3.stop(workdir, state.moto_pid if state else None)
     if moto_pid is not None:
         actions.append(f"stopped moto S3 (pid {moto_pid})")
     return actions
+
+
+def _archive_reachable(state: SandboxState | None) -> bool:
+    """Whether archive-push can reach the S3 repository: moto answers through the terminator."""
+    if state is None or state.tls_s3_url is None or state.tls_ca_file is None:
+        return True  # unknown (a damaged state file, an older sandbox): the usual fast shutdown
+    try:
+        tls.check(state.tls_s3_url, state.tls_ca_file, timeout=2)
+    except (OSError, http.client.HTTPException):
+        return False
+    return True
 
 
 def _remove_if_ours(state: SandboxState) -> bool:
@@ -376,16 +449,17 @@ def is_running(workdir: Path | None = None) -> bool:
 def status(workdir: Path | None = None) -> dict[str, Any]:
     """Each piece of the sandbox and whether it answers, with no secret in it.
 
-    {"workdir", "healthy", "components": {"postgres"|"s3": {"ok", "address", "pid", "detail"}},
-     "proxies": {"s3-proxy"|"kube-proxy": {...the same}}, "prefect": {"prefect"|"worker-N":
-     {...the same}}, "environment_file"}; components is empty when there is no sandbox, prefect
-    while `prefect up` has not run. `healthy` counts the fault proxies and Prefect too.
+    {"workdir", "healthy", "components": {"postgres"|"s3"|"kubernetes"|"webapp": {"ok", "address",
+     "pid", "detail"}}, "archiving": {"s3-tls"|"pgbackrest": {...the same}}, "proxies":
+     {"s3-proxy"|"kube-proxy": {...the same}}, "prefect": {"prefect"|"worker-N": {...the same}},
+     "environment_file"}; components is empty when there is no sandbox, archiving in a sandbox
+    from before pgBackRest, prefect while `prefect up` has not run. `healthy` counts them all.
     """
     workdir = _workdir(workdir)
     state = load_state(workdir)
     if state is None:
-        return {"workdir": str(workdir), "healthy": False, "components": {}, "proxies": {}, "prefect": {},
-                "environment_file": None}
+        return {"workdir": str(workdir), "healthy": False, "components": {}, "archiving": {}, "proxies": {},
+                "prefect": {}, "environment_file": None}
     hidden = state.secrets()
     components: dict[str, dict[str, Any]] = {}
 
@@ -420,15 +494,43 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
         if url is not None and control is not None
     }
 
+    archiving = _archiving_components(state, hidden, s3_ok=components["s3"]["ok"])
     prefect = _prefect_components(state)
     return {
         "workdir": str(workdir),
-        "healthy": all(c["ok"] for c in (*components.values(), *proxies.values(), *prefect.values())),
+        "healthy": all(c["ok"] for c in (*components.values(), *archiving.values(), *proxies.values(),
+                                         *prefect.values())),
         "components": components,
+        "archiving": archiving,
         "proxies": proxies,
         "prefect": prefect,
         "environment_file": str(state.environment_file) if state.environment_file else None,
     }
+
+
+def _archiving_components(state: SandboxState, hidden: list[str], *, s3_ok: bool) -> dict[str, dict[str, Any]]:
+    """The TLS terminator in front of moto and pgBackRest's stanza, as status pieces.
+
+    pgBackRest is asked only when its S3 repository can answer: otherwise `info` retries
+    the connection for many seconds, and a timeout would leave it running behind runuser."""
+    pieces: dict[str, dict[str, Any]] = {}
+    if state.tls_s3_url is not None and state.tls_ca_file is not None:
+        pid = state.tls_pid if pid_alive(state.tls_pid) and "sandbox.tls" in cmdline(state.tls_pid or 0) else None
+        try:
+            detail = tls.check(state.tls_s3_url, state.tls_ca_file)
+            ok = pid is not None
+            if not ok:
+                detail = f"something answers at {state.tls_s3_url}, but our terminator (pid {state.tls_pid}) is gone"
+        except (OSError, http.client.HTTPException) as exc:
+            detail, ok = _first_line(exc, hidden) or type(exc).__name__, False
+        pieces["s3-tls"] = {"ok": ok, "address": state.tls_s3_url, "pid": pid, "detail": detail}
+    if state.pgbackrest_config is not None:
+        reachable = s3_ok and pieces.get("s3-tls", {"ok": True})["ok"]
+        ok, detail = (pgbackrest.describe(state.pgbackrest_config, hidden) if reachable else
+                      (False, "not asked: its S3 repository (s3, through s3-tls) does not answer"))
+        pieces["pgbackrest"] = {"ok": ok, "address": str(state.pgbackrest_config), "pid": None,
+                                "detail": scrub(detail, hidden)}
+    return pieces
 
 
 def _prefect_components(state: SandboxState) -> dict[str, dict[str, Any]]:

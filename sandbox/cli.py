@@ -1,8 +1,9 @@
 """Command line: `python -m sandbox up [--dir D] [--size-mb N] | down [--dir D] | status [--dir D]
 | prefect up [--dir D] [--workers N] [--sqlite] | prefect down [--dir D]`.
 
-up            start PostgreSQL 15 and moto's S3 on loopback, load sample data, write
-              environments/sandbox.yaml and <dir>/sandbox.env; on a running sandbox, say so.
+up            start PostgreSQL 15 (archiving WAL with pgBackRest) and moto's S3 on loopback,
+              load sample data, write environments/sandbox.yaml and <dir>/sandbox.env; on a
+              running sandbox, say so.
 down          stop everything (Prefect's server and workers too) and remove <dir>; fine to run twice.
 status        show each piece and whether it answers; exit 1 if something is down.
 prefect up    on a running sandbox: a Prefect server on its PostgreSQL (or SQLite), the work
@@ -103,6 +104,15 @@ def _describe(state: SandboxState) -> None:
         ("postgres", f"{state.pg_host}:{state.pg_port}", f"user {state.pg_user}, databases fleet and pgbench, pid {state.pg_pid}"),
         ("", "", f"data {state.pg_data_dir}, log {state.pg_data_dir.parent / 'postgres.log'}"),
         ("s3 (moto)", state.s3_endpoint, f"bucket {state.s3_bucket}, region {state.s3_region}, pid {state.moto_pid}"),
+    ]
+    if state.tls_s3_url is not None:
+        rows.append(("s3 (tls)", state.tls_s3_url, f"TLS in front of moto, CA file {state.tls_ca_file}, pid {state.tls_pid}"))
+    if state.pgbackrest_config is not None:
+        rows += [
+            ("pgbackrest", str(state.pgbackrest_config), f"stanza {state.pgbackrest_stanza}: WAL to repo1 (S3) and repo2"),
+            ("", "", f"repo2 {state.pgbackrest_posix_repo}, restores {state.pgbackrest_restore_dir}"),
+        ]
+    rows += [
         ("backups", str(state.backup_dir), "file:// storage of the pgbench database"),
         ("config", str(state.environment_file), "environment 'sandbox'"),
     ]
@@ -140,7 +150,7 @@ def _status(workdir: Path) -> int:
         print(f"no sandbox in {workdir} (start one with `python -m sandbox up --dir {workdir}`)")
         return 1
     print(f"sandbox in {workdir}: {'healthy' if report['healthy'] else 'NOT healthy'}")
-    for name, c in {**report["components"], **report["proxies"], **report["prefect"]}.items():
+    for name, c in {**report["components"], **report["archiving"], **report["proxies"], **report["prefect"]}.items():
         pid = f"pid {c['pid']}" if c["pid"] else "no process"
         print(f"  {name:<10} {'up  ' if c['ok'] else 'DOWN'}  {c['address']:<28} {pid:<12} {c['detail']}")
     if report["environment_file"]:

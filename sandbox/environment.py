@@ -80,10 +80,40 @@ def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, An
             },
         },
         **_kubernetes_part(state),
+        **_clusters_part(state),
     }
     if "services" in doc:  # the sample service `api` uses the fleet database
         doc["databases"]["fleet"]["apps"] = ["api"]
     return doc
+
+
+def _clusters_part(state: SandboxState) -> dict[str, Any]:
+    """The whole PostgreSQL server as a cluster with pgBackRest (physical backups, PITR)."""
+    if not state.pgbackrest_config or not state.pgbackrest_stanza or not state.pgbackrest_restore_dir:
+        return {}
+    from sandbox.process import postgres_account, running_as_root
+
+    return {"clusters": {"main": {
+        "dsn": {"env": ENV_PG_DSN},
+        "os_user": postgres_account().pw_name if running_as_root() else None,
+        "pg_bin": str(state.pg_bin),
+        "pgbackrest": {
+            "stanza": state.pgbackrest_stanza,
+            "config_file": str(state.pgbackrest_config),
+            "repository": 1,  # S3 on moto, over TLS; 2 is a posix repository, for benchmarks
+            "process_max": 2,
+            "retention": {"daily": 7, "weekly": 4, "monthly": 6},
+        },
+        "restore": {
+            "directory": str(state.pgbackrest_restore_dir),
+            "ports": "54400-54499",
+            "smoke_queries": {
+                "fleet": [{"name": "vehicles exist", "sql": "SELECT count(*) FROM vehicles", "min": 1}],
+                "pgbench": [{"name": "accounts exist", "sql": "SELECT count(*) FROM pgbench_accounts", "min": 1}],
+            },
+        },
+        "objectives": {"rto": "30m", "rpo": "5m"},
+    }}}
 
 
 def _kubernetes_part(state: SandboxState) -> dict[str, Any]:

@@ -67,6 +67,11 @@ SETTINGS = {
     "lc_messages": "'C'",
     "log_line_prefix": "'%m [%p] %q%u@%d '",
     "log_connections": "off",
+    # Continuous archiving with pgBackRest (sandbox/pgbackrest.py): archive_command is added
+    # by `set_port`, since it names the work dir's pgbackrest.conf. archive_timeout forces a
+    # WAL switch at least once a minute while anything is written, so RPO can be measured.
+    "archive_mode": "on",
+    "archive_timeout": "60",
 }
 
 
@@ -138,12 +143,23 @@ def init_cluster(pg_dir: Path, bin_dir: Path) -> Path:
     return data
 
 
-def set_port(data: Path, pg_dir: Path, port: int) -> None:
-    """Write sandbox.conf: our settings, the TCP port and the socket directory."""
+def set_port(data: Path, pg_dir: Path, port: int, *, archive_command: str | None = None) -> None:
+    """Write sandbox.conf: our settings, the TCP port and the socket directory.
+
+    `archive_command` (a shell command with %p, see pgbackrest.archive_command) is the
+    primary's; without it archive_mode stays on and WAL waits in pg_wal until one is set.
+    archive_mode needs a restart, so all of this must be in place before the first start."""
     lines = ["# Runbook Flows sandbox (written by sandbox/postgres.py)"]
     lines += [f"{key} = {value}" for key, value in SETTINGS.items()]
+    if archive_command is not None:
+        lines.append(f"archive_command = {_quote(archive_command)}")
     lines += [f"port = {port}", f"unix_socket_directories = '{pg_dir}'"]
     _write_as_owner(data / "sandbox.conf", "\n".join(lines) + "\n")
+
+
+def _quote(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _write_as_owner(path: Path, text: str) -> None:
@@ -208,18 +224,21 @@ def postmaster_pid(data: Path) -> int | None:
     return pid if pid_alive(pid) and "postgres" in cmdline(pid) else None
 
 
-def stop(data: Path, pg_dir: Path, bin_dir: Path | None, port: int | None) -> int | None:
+def stop(
+    data: Path, pg_dir: Path, bin_dir: Path | None, port: int | None, *, modes: tuple[str, ...] = ("fast", "immediate")
+) -> int | None:
     """Stop the server if it runs; returns the pid it had, None if nothing ran.
 
-    A fast shutdown first; if that does not finish, the postmaster and every process
-    it left get SIGKILL, because `down` must leave nothing running.
+    A fast shutdown first (`modes`: pg_ctl's shutdown modes, tried in turn); if that does
+    not finish, the postmaster and every process it left get SIGKILL, because `down` must
+    leave nothing running.
     """
     pid = postmaster_pid(data)
     if pid is None:
         _remove_orphan_shm(data)
         return None
     if bin_dir is not None and (bin_dir / "pg_ctl").is_file():
-        for mode in ("fast", "immediate"):
+        for mode in modes:
             try:
                 run(
                     as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30", "-s", "stop"]),

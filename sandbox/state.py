@@ -68,6 +68,18 @@ class SandboxState:
     prefect_pool: str | None = None
     prefect_worker_pids: list[int] | None = None
     prefect_db_password: str | None = field(default=None, repr=False)
+    # Continuous WAL archiving with pgBackRest (sandbox/pgbackrest.py): the DB host's config
+    # (0600, owned by the PostgreSQL account, holds the S3 keys), its stanza, the posix
+    # repository (repo2; repo1 is the bucket), and where flows restore scratch instances.
+    # pgBackRest reaches moto through the TLS terminator (sandbox/tls.py) at tls_s3_url,
+    # whose self-signed certificate is its own CA file. None in an older sandbox.
+    pgbackrest_config: Path | None = None
+    pgbackrest_stanza: str | None = None
+    pgbackrest_restore_dir: Path | None = None
+    pgbackrest_posix_repo: Path | None = None
+    tls_s3_url: str | None = None
+    tls_pid: int | None = None
+    tls_ca_file: Path | None = None
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -110,11 +122,16 @@ class SandboxState:
             if f.name not in raw:
                 continue
             value = raw[f.name]
-            if f.name in ("workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig",
-                          "proxy_kubeconfig") and value is not None:
+            if f.name in _PATH_FIELDS and value is not None:
                 value = Path(value)
             kwargs[f.name] = value
         return cls(**kwargs)
+
+
+_PATH_FIELDS = frozenset({
+    "workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig", "proxy_kubeconfig",
+    "pgbackrest_config", "pgbackrest_restore_dir", "pgbackrest_posix_repo", "tls_ca_file",
+})
 
 
 def write_private(path: Path, text: str) -> None:

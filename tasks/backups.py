@@ -47,6 +47,7 @@ from tasks.postgres import (
     Snapshot,
     connect,
     count_rows,
+    exported_snapshot,
     find_tool,
     server_answers,
     sessions_killed,
@@ -105,6 +106,9 @@ class Manifest(BaseModel):
     flow_run_id: str | None = None
     created_at: str
     tool: str = "runbook-flows"
+    source: str | None = Field(None, description="None: a backup of the live database. Else where the data came "
+                                                 "from, e.g. a point-in-time recovery's instance; such an extract is "
+                                                 "restored only by its id, and retention leaves it alone")
 
     @property
     def taken_at(self) -> datetime:
@@ -137,7 +141,7 @@ class Catalogue(BaseModel):
     incomplete: list[str] = Field(default_factory=list)
 
     def records(self) -> list[BackupRecord]:
-        recs = [BackupRecord(i, m.taken_at, True) for i, m in self.manifests.items()]
+        recs = [BackupRecord(i, m.taken_at, True) for i, m in self.manifests.items() if m.source is None]
         for i in self.incomplete:
             t = id_time(i)
             if t is not None:
@@ -145,7 +149,8 @@ class Catalogue(BaseModel):
         return recs
 
     def newest(self) -> Manifest | None:
-        return max(self.manifests.values(), key=lambda m: m.taken_at, default=None)
+        """The newest backup of the live database (never a point-in-time extract)."""
+        return max((m for m in self.manifests.values() if m.source is None), key=lambda m: m.taken_at, default=None)
 
     def for_run(self, flow_run_id: str | None) -> Manifest | None:
         if not flow_run_id:
@@ -399,6 +404,26 @@ def dump_and_count(server: Server, dbname: str, snapshot: Snapshot, storage: Sto
         else:
             files = dump_directory(server, dbname, snapshot, storage, prefix, codec, jobs, on_progress)
         return files, counting.result()
+
+
+def take_dump(server: Server, cfg: Any, environment: str, database: str, storage: Storage, backup_id: str,
+              run_id: str | None, pg_dump_major: int, on_progress: Callable[[float, int], None],
+              source: str | None = None) -> Manifest:
+    """A consistent dump of `cfg.dbname` on `server` under the backup's prefix, and its
+    manifest (not written yet: committing it is the caller's last step)."""
+    prefix = backup_prefix(database, backup_id)
+    started = time.monotonic()
+    with exported_snapshot(server, cfg.dbname) as snap:
+        files, row_counts = dump_and_count(server, cfg.dbname, snap, storage, prefix, cfg.format, cfg.codec,
+                                           cfg.jobs, on_progress)
+    return Manifest(
+        backup_id=backup_id, environment=environment, database=database, dbname=cfg.dbname, format=cfg.format,
+        compression=cfg.compression, files=files, size=sum(f.size for f in files), sha256=combined_sha256(files),
+        row_counts=row_counts, lsn=snap.lsn, snapshot_time=snap.taken_at, server_version=snap.server_version,
+        pg_dump_version=pg_dump_major, database_size=snap.database_size,
+        durations={"dump": round(time.monotonic() - started, 3)}, flow_run_id=run_id,
+        created_at=datetime.now(UTC).isoformat(), source=source,
+    )
 
 
 def combined_sha256(files: list[StoredFile]) -> str:

@@ -61,6 +61,16 @@ def rpo_met(backup_age: timedelta, rpo: timedelta) -> Check:
     return Check("RPO", ok, f"backup age {_fmt(backup_age)} {'within' if ok else 'exceeds'} objective {_fmt(rpo)}")
 
 
+def rpo_of_archive(wal_age: timedelta | None, rpo: timedelta) -> Check:
+    """Continuous archiving: the data a recovery now would lose is what came after the last
+    archived WAL."""
+    if wal_age is None:
+        return Check("RPO", False, f"no WAL was ever archived; objective {_fmt(rpo)}")
+    ok = wal_age <= rpo
+    return Check("RPO", ok, f"last archived WAL is {_fmt(wal_age)} old, {'within' if ok else 'exceeds'} objective "
+                            f"{_fmt(rpo)}")
+
+
 def rto_met(seconds: float, rto: timedelta) -> Check:
     ok = seconds <= rto.total_seconds()
     return Check("RTO", ok, f"restore and verify took {seconds:.1f}s; objective {_fmt(rto)}")

@@ -275,6 +275,105 @@ class DatabaseConfig(Model):
         return _check_timezone(v) if v is not None else v
 
 
+# --- clusters: physical backups and point-in-time recovery (pgBackRest) ----------------------
+
+STANZA_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+OS_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _absolute_path(v: str | None) -> str | None:
+    if v is not None and not v.startswith("/"):
+        raise ValueError("an absolute path, like /var/lib/postgresql/restores")
+    return v
+
+
+class PgBackRestConfig(Model):
+    """How the cluster is backed up: the host's pgBackRest config, its stanza and repository.
+
+    The repository's location and credentials are in that config file, as pgBackRest's own
+    archive_command on the host needs them too; nothing secret is in this file."""
+
+    stanza: str = Field(description="The pgBackRest stanza of the cluster")
+    config_file: str = Field(description="pgbackrest.conf on the database host (absolute path)")
+    repository: int = Field(1, ge=1, le=256, description="Which repository of that config (repo<N>) backups go to")
+    process_max: int = Field(2, ge=1, le=64, description="pgBackRest --process-max for backup and restore")
+    retention: Retention = Field(description="GFS (or days) over full backups; the incremental and differential "
+                                             "backups of a full go with it")
+    timeout: Duration = Field(timedelta(hours=6), description="Upper bound on one backup or restore command")
+
+    @field_validator("stanza")
+    @classmethod
+    def _stanza(cls, v: str) -> str:
+        if not STANZA_RE.match(v):
+            raise ValueError("letters, digits, '_', '.' and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("config_file")
+    @classmethod
+    def _config_file(cls, v: str) -> str:
+        return str(_absolute_path(v))
+
+
+class PhysicalRestoreConfig(Model):
+    """Where restored instances are created: a new data directory on a new port, on the host."""
+
+    directory: str = Field(description="Parent folder of restored data directories (absolute path), writable "
+                                       "by the PostgreSQL account; it needs the cluster's size free")
+    ports: str = Field("54400-54499", description="TCP ports a restored instance may use, as FIRST-LAST")
+    start_timeout: Duration = Field(timedelta(minutes=30), description="Upper bound on recovery until it accepts "
+                                                                     "connections")
+    smoke_queries: dict[str, list[SmokeQuery]] = Field(
+        default_factory=dict, description="Per database of the cluster: queries run on the restored instance")
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, v: str) -> str:
+        return str(_absolute_path(v))
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: str) -> str:
+        m = re.fullmatch(r"(\d{4,5})-(\d{4,5})", v.strip())
+        if not m or not 1024 <= int(m.group(1)) <= int(m.group(2)) <= 65535:
+            raise ValueError("a range of unprivileged TCP ports, FIRST-LAST, like 54400-54499")
+        return v.strip()
+
+    @property
+    def port_range(self) -> range:
+        first, last = (int(x) for x in self.ports.split("-"))
+        return range(first, last + 1)
+
+
+class ClusterConfig(Model):
+    """A PostgreSQL cluster (a whole server) as physical backups and PITR see it."""
+
+    dsn: SecretRef = Field(description="Superuser connection string of the primary (libpq URI or key=value)")
+    os_user: str | None = Field(None, description="OS account that owns the data directory; pgBackRest and pg_ctl "
+                                                  "run as it (through runuser). Leave out to run as ourselves")
+    pg_bin: str = Field("/usr/lib/postgresql/15/bin", description="Folder of pg_ctl and pg_amcheck on the host")
+    heartbeat_database: str = Field("postgres", description="Database of the heartbeat table (runbook_heartbeat) that "
+                                                          "archive_health writes to and a PITR is checked against")
+    pgbackrest: PgBackRestConfig
+    restore: PhysicalRestoreConfig
+    objectives: Objectives = Field(description="RTO: physical restore plus checks; RPO: age of the newest archived "
+                                               "WAL (continuous archiving)")
+
+    @field_validator("os_user")
+    @classmethod
+    def _os_user(cls, v: str | None) -> str | None:
+        if v is not None and not OS_USER_RE.match(v):
+            raise ValueError("an OS account name, like postgres")
+        return v
+
+    @field_validator("pg_bin")
+    @classmethod
+    def _pg_bin(cls, v: str) -> str:
+        return str(_absolute_path(v))
+
+    def check_secrets(self) -> None:
+        self.dsn.resolve()
+
+
 # --- Kubernetes services and deploys ----------------------------------------------------
 
 IMAGE_RE = re.compile(
@@ -422,9 +521,13 @@ def _check_http_url(v: str) -> str:
 
 class Schedules(Model):
     backup: str = Field("0 2 * * *", description="Cron for backup_all, in the environment's timezone")
-    restore_test: str = Field("0 3 * * 0", description="Cron for the restore tests")
+    restore_test: str = Field("0 3 * * 0", description="Cron for the restore tests, logical and physical")
+    physical_full: str = Field("30 1 * * *", description="Cron for full physical backups of each cluster")
+    physical_incr: str = Field("0 * * * *", description="Cron for incremental physical backups (skipped by Prefect "
+                                                       "while the full one runs: one backup per cluster at a time)")
+    archive_health: str = Field("*/5 * * * *", description="Cron for the WAL archive's health check")
 
-    @field_validator("backup", "restore_test")
+    @field_validator("backup", "restore_test", "physical_full", "physical_incr", "archive_health")
     @classmethod
     def _cron(cls, v: str) -> str:
         from prefect.client.schemas.schedules import CronSchedule
@@ -446,6 +549,8 @@ class EnvironmentConfig(Model):
     kubernetes: KubernetesConfig | None = None
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     deploy_freeze: list[FreezeWindow] = Field(default_factory=list, description="When deploys are refused")
+    clusters: dict[str, ClusterConfig] = Field(default_factory=dict, description="Clusters with physical backups "
+                                                                               "and point-in-time recovery")
 
     @field_validator("name")
     @classmethod
@@ -474,6 +579,13 @@ class EnvironmentConfig(Model):
         except KeyError:
             known = ", ".join(sorted(self.databases)) or "(none)"
             raise ConfigError(f"database {name!r} is not in environment {self.name!r}; known: {known}") from None
+
+    def cluster(self, name: str) -> ClusterConfig:
+        try:
+            return self.clusters[name]
+        except KeyError:
+            known = ", ".join(sorted(self.clusters)) or "(none)"
+            raise ConfigError(f"cluster {name!r} is not in environment {self.name!r}; known: {known}") from None
 
     def service(self, name: str) -> ServiceConfig:
         try:

@@ -31,3 +31,9 @@ def restore(env: EnvironmentConfig, database: str, mode: str) -> dict[str, int]:
         held[artifact_key("backup", env.name, database)] = 1
         held.update({artifact_key("deploy", env.name, app): 1 for app in env.database(database).apps})
     return held
+
+
+def physical(env: EnvironmentConfig, cluster: str) -> dict[str, int]:
+    """One pgBackRest backup, expiry or restore of a cluster at a time (pgBackRest's own lock
+    would refuse the second one; this makes it wait instead)."""
+    return {artifact_key("pgbackrest", env.name, cluster): 1}

@@ -90,6 +90,11 @@ _RUN_NAMES: dict[str, Callable[[dict[str, Any]], str]] = {
     "rollback": lambda p: (f"rollback {p['service']} in {p['environment']}"
                            + _opt(p.get("to_revision"), f" to revision {p.get('to_revision')}")
                            + _opt(p.get("with_database"), f" with database {p.get('with_database')}")),
+    "physical-backup": lambda p: f"physical-backup {p.get('type', 'incr')} of {p['cluster']} in {p['environment']}",
+    "pitr-restore": lambda p: (f"pitr-restore {p['cluster']} in {p['environment']} to {p['target_time']}"
+                               + _opt(p.get("extract_database"), f", extract {p.get('extract_database')}")),
+    "physical-restore-test": lambda p: f"physical-restore-test {p['cluster']} in {p['environment']}",
+    "archive-health": lambda p: f"archive-health {p['cluster']} in {p['environment']}",
     "scale": lambda p: f"scale {p['service']} to {p['replicas']} in {p['environment']}",
     "restart": lambda p: f"restart {p['service']} in {p['environment']}",
     "autoscale": lambda p: (f"autoscale {p['service']} {p['min']}-{p['max']} at {p['cpu_percent']}% cpu "

@@ -24,6 +24,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -466,3 +467,74 @@ def swap_databases(server: Server, live: str, replacement: str, keep_as: str, at
                                f"{scrub(str(again).strip())}")
             raise error from None
     raise AssertionError("unreachable")
+
+
+# --- the WAL archive and recovery markers (physical backups) -----------------------------------------
+
+HEARTBEAT_TABLE = "runbook_heartbeat"  # one row per heartbeat: the markers a PITR is checked against
+
+
+def archiver_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """`pg_stat_archiver`, with the WAL file being written now."""
+    row = conn.execute(
+        "SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, "
+        "last_failed_time, pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_archiver").fetchone()
+    keys = ("archived_count", "last_archived_wal", "last_archived_time", "failed_count", "last_failed_wal",
+            "last_failed_time", "current_wal")
+    return dict(zip(keys, row, strict=True))
+
+
+def switch_wal(conn: psycopg.Connection[Any]) -> str | None:
+    """Close the current WAL segment if it holds anything, so it gets archived now; the name
+    of the segment closed, None when there was nothing to close."""
+    before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    switched = conn.execute("SELECT pg_switch_wal()").fetchone()[0]
+    if str(switched) == str(before) and str(before).endswith("000000"):
+        return None  # at a segment boundary already
+    return str(conn.execute("SELECT pg_walfile_name(%s::pg_lsn)", (switched,)).fetchone()[0])
+
+
+def write_heartbeat(conn: psycopg.Connection[Any]) -> datetime:
+    """One marker row, committed now; returns its time (the commit's, near enough)."""
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (at timestamptz PRIMARY KEY DEFAULT clock_timestamp(), "
+                         "note text)").format(sql.Identifier(HEARTBEAT_TABLE)))
+    return conn.execute(sql.SQL("INSERT INTO {} DEFAULT VALUES RETURNING at").format(
+        sql.Identifier(HEARTBEAT_TABLE))).fetchone()[0]
+
+
+def newest_heartbeat(conn: psycopg.Connection[Any], at_or_before: datetime | None = None) -> datetime | None:
+    """The newest marker (at or before a time); None if there is none, or no table."""
+    if conn.execute("SELECT to_regclass(%s)", (HEARTBEAT_TABLE,)).fetchone()[0] is None:
+        return None
+    query = sql.SQL("SELECT max(at) FROM {}").format(sql.Identifier(HEARTBEAT_TABLE))
+    if at_or_before is None:
+        return conn.execute(query).fetchone()[0]
+    return conn.execute(query + sql.SQL(" WHERE at <= %s"), (at_or_before,)).fetchone()[0]
+
+
+def last_replayed(conn: psycopg.Connection[Any]) -> datetime | None:
+    """The commit time of the last transaction replayed in recovery (static once promoted)."""
+    return conn.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()[0]
+
+
+def list_all_databases(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")]
+
+
+def wait_archived(conn: psycopg.Connection[Any], walfile: str | None, timeout: float) -> float | None:
+    """Seconds until `walfile` was archived; None when the archiver failed on it (or on one
+    before it) or did not get to it within `timeout`. None for `walfile` None at once."""
+    if walfile is None:
+        return None
+    started = time.monotonic()
+    failed_before = conn.execute("SELECT last_failed_time FROM pg_stat_archiver").fetchone()[0]
+    while time.monotonic() - started < timeout:
+        archived, failed_at = conn.execute(
+            "SELECT last_archived_wal, last_failed_time FROM pg_stat_archiver").fetchone()
+        if archived is not None and archived[8:] >= walfile[8:]:
+            return round(time.monotonic() - started, 3)
+        if failed_at is not None and failed_at != failed_before:
+            return None
+        time.sleep(0.1)
+    return None

@@ -184,3 +184,34 @@ class RestoreRecord(RunRecord):
     @property
     def replicas_before(self) -> dict[str, int]:
         return {a.service: a.replicas for a in self.apps}
+
+
+# --- clusters: physical backups, PITR, physical restore tests, archive health ------------------------
+
+
+@dataclass
+class ClusterRecord(RunRecord):
+    """What a physical runbook did to a cluster: its figures, checks and the catalogue after."""
+
+    runbook: str  # physical-backup | pitr-restore | physical-restore-test | archive-health
+    environment: str
+    cluster: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    catalogue: list[dict[str, Any]] = field(default_factory=list)  # the backups, newest first
+    retention: list[dict[str, Any]] = field(default_factory=list)  # the expiry plan's rows
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None and all(c.passed for c in self.checks)
+
+    def absorb(self, restored: dict[str, Any]) -> None:
+        """What `restore_instance` returned: where the instance runs, what an earlier attempt left."""
+        self.figures["instance"] = restored["address"]
+        self.figures["data directory"] = restored["instance"].data_dir
+        self.figures["found on the host"] = restored["found"]
+        self.timings.update(restored["timings"])
+
+    def failed_checks(self) -> str | None:
+        bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+        return "; ".join(bad) if bad else None

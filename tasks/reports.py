@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from prefect import task
@@ -26,7 +27,8 @@ from tasks.checks import Check
 from tasks.config import EnvironmentConfig, ServiceConfig
 from tasks.migration_plan import HISTORY_TABLE, result_rows
 from tasks.naming import artifact_key
-from tasks.records import DeployRecord, MigrationRecord, RestoreRecord
+from tasks.pgbackrest import PhysicalBackup, StanzaInfo
+from tasks.records import ClusterRecord, DeployRecord, MigrationRecord, RestoreRecord
 from tasks.retention import RetentionPlan
 
 LOG_CHARS = 20_000  # of a Job's log kept in a report: the end, where the error is
@@ -460,3 +462,104 @@ def _where_the_copies_are(rec: RestoreRecord) -> tuple[str, str]:
     if rec.recovery.get("original database live"):
         return restored, f"{names.live} (swapped back)"
     return f"{names.restored}: see the recovery line", f"{names.kept}: the swap back FAILED"
+
+
+# --- clusters: physical backups, PITR, physical restore tests, archive health ------------------------
+
+_CLUSTER_SUBJECTS = {
+    "physical-backup": "Physical backup of cluster `{c}` in `{e}`",
+    "pitr-restore": "Point-in-time recovery of cluster `{c}` in `{e}`",
+    "physical-restore-test": "Physical restore test of cluster `{c}` in `{e}`",
+    "archive-health": "WAL archive health of cluster `{c}` in `{e}`",
+}
+_PASS_WORDS = {"physical-backup": "SUCCEEDED", "pitr-restore": "SUCCEEDED", "physical-restore-test": "PASSED",
+               "archive-health": "HEALTHY"}
+
+
+def physical_backup_figures(backup: PhysicalBackup, asked: str) -> dict[str, Any]:
+    return {
+        "backup label": backup.label,
+        "type": backup.type if backup.type == asked else f"{backup.type} (asked: {asked}; pgBackRest takes a full "
+                                                             "when there is none to build on)",
+        "started": backup.start.isoformat(timespec="seconds"), "stopped": backup.stop.isoformat(timespec="seconds"),
+        "duration (s)": round(backup.seconds, 1), "database size (MB)": round(backup.size / 1e6, 1),
+        "stored (MB)": round(backup.repo_size / 1e6, 1), "WAL start": backup.wal_start, "WAL stop": backup.wal_stop,
+        "start LSN": backup.lsn_start, "stop LSN": backup.lsn_stop,
+    }
+
+
+def pitr_plan_figures(at: datetime, data_dir: str, catalogue: StanzaInfo) -> dict[str, Any]:
+    oldest, newest = catalogue.oldest(), catalogue.newest()
+    return {"recovery target": at.isoformat(), "new data directory": data_dir,
+            "backups in the repository": len(catalogue.backups),
+            "oldest backup ends": oldest.stop.isoformat(timespec="seconds") if oldest else "(none)",
+            "newest backup": newest.label if newest else "(none)",
+            "WAL archive": f"{catalogue.archive_min}..{catalogue.archive_max}"}
+
+
+def pitr_question(env: str, cluster: str, at: datetime) -> str:
+    return (f"Recover cluster {cluster} in {env} to {at.isoformat()} on a new instance beside production? "
+            "Approve to go on.")
+
+
+def pitr_source(cluster: str, at: datetime) -> str:
+    return f"point-in-time recovery of cluster {cluster} to {at.isoformat()}"
+
+
+def extract_figures(manifest: Manifest, discarded: dict[str, bool]) -> dict[str, Any]:
+    return {"extract backup id": manifest.backup_id, "extract size (MB)": round(manifest.size / 1e6, 2),
+            "extract rows": sum(manifest.row_counts.values()),
+            "recovered instance removed": discarded["removed"]}
+
+
+def swap_figures(result: dict[str, Any]) -> dict[str, Any]:
+    names = result["names"]
+    return {"swapped into production as": names["live"], "previous live data kept as": names["kept"],
+            "swap approver": result.get("approver"), "apps down (s)": result.get("app_down_seconds")}
+
+
+def discarded_figures(discarded: dict[str, bool]) -> dict[str, Any]:
+    return {"scratch instance stopped": discarded["stopped"], "scratch directory removed": discarded["removed"]}
+
+
+def archive_figures(probe: dict[str, Any], catalogue: StanzaInfo, now: datetime) -> dict[str, Any]:
+    status = probe["status"]
+    age = (now - status.last_archived_time).total_seconds() if status.last_archived_time else None
+    return {
+        "heartbeat marker written": probe["marker"].isoformat(),
+        "segment closed by the probe": probe["switched"] or "(none: nothing written since the last switch)",
+        "archived within (s)": probe["seconds"] if probe["seconds"] is not None else "not archived",
+        "last archived WAL": status.last_archived_wal or "(none)",
+        "time since the last archived WAL (s)": round(age, 1) if age is not None else "(never)",
+        "failed archive attempts": status.failed_count,
+        "last failure": (f"{status.last_failed_wal} at {status.last_failed_time.isoformat(timespec='seconds')}"
+                         if status.last_failed_time else "(none)"),
+        "WAL being written": status.current_wal,
+        "WAL in the repository": f"{catalogue.archive_min}..{catalogue.archive_max}",
+        "backups in the repository": len(catalogue.backups),
+        "repository size of the backups (MB)": round(sum(b.repo_size for b in catalogue.backups) / 1e6, 1),
+    }
+
+
+def cluster(rec: ClusterRecord) -> Report:
+    """The report of a physical runbook: figures, checks, timings, the catalogue of backups
+    (also as a table artifact) and a `runbook.<runbook>.<outcome>` event."""
+    ok = rec.passed and rec.outcome != "cancelled"
+    outcome = _PASS_WORDS[rec.runbook] if ok else ("CANCELLED" if rec.outcome == "cancelled" else
+                                                   "AT RISK" if rec.runbook == "archive-health" else "FAILED")
+    report = Report(artifact_key(rec.runbook, rec.environment, rec.cluster),
+                    _CLUSTER_SUBJECTS[rec.runbook].format(c=rec.cluster, e=rec.environment), outcome,
+                    failure=rec.failure or rec.failed_checks(), notes=list(rec.notes),
+                    figures=list(rec.figures.items()), checks=list(rec.checks), timings=dict(rec.timings))
+    if rec.retention:
+        report.sections.append(Section("Retention (GFS over full backups)", rows=rec.retention))
+    if rec.catalogue:
+        report.sections.append(Section("Backups in the repository", rows=rec.catalogue))
+        report.tables.append(Table(artifact_key(f"{rec.runbook}-catalogue", rec.environment, rec.cluster),
+                                   rec.catalogue, f"pgBackRest backups of {rec.cluster} in {rec.environment}"))
+    word = "succeeded" if ok else ("cancelled" if rec.outcome == "cancelled" else "failed")
+    report.events.append(Event(f"runbook.{rec.runbook}.{word}", f"runbook.cluster.{rec.environment}.{rec.cluster}", {
+        "environment": rec.environment, "cluster": rec.cluster, "figures": {k: str(v) for k, v in rec.figures.items()},
+        "checks": {c.name: c.passed for c in rec.checks}, "timings": rec.timings, "error": report.failure,
+    }))
+    return report

@@ -154,3 +154,52 @@ def test_example_environments_are_valid() -> None:
     for path in examples:
         env = load_environment(path)
         assert env.databases, path
+
+
+CLUSTER: dict[str, Any] = {
+    "dsn": {"env": "CFGTEST_DSN"},
+    "pgbackrest": {"stanza": "main", "config_file": "/etc/pgbackrest/pgbackrest.conf",
+                   "retention": {"daily": 7}},
+    "restore": {"directory": "/var/lib/postgresql/restores"},
+    "objectives": {"rto": "30m", "rpo": "1m"},
+}
+
+
+def with_cluster(**changes: Any) -> dict[str, Any]:
+    doc = yaml.safe_load(yaml.safe_dump({**VALID, "clusters": {"main": CLUSTER}}))
+    for dotted, value in changes.items():
+        node = doc["clusters"]["main"]
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    # pgBackRest would refuse it later, after the flow had started something.
+    ({"pgbackrest__stanza": "my stanza"}, ["clusters.main.pgbackrest.stanza", "'my stanza'", "letters, digits"]),
+    # A relative path means something else on the database host than here.
+    ({"pgbackrest__config_file": "pgbackrest.conf"}, ["clusters.main.pgbackrest.config_file", "absolute path"]),
+    ({"restore__directory": "restores"}, ["clusters.main.restore.directory", "absolute path"]),
+    # A privileged or reversed range would fail at the first restore, not now.
+    ({"restore__ports": "80-90"}, ["clusters.main.restore.ports", "'80-90'", "FIRST-LAST"]),
+    ({"restore__ports": "54499-54400"}, ["clusters.main.restore.ports", "FIRST-LAST"]),
+    ({"os_user": "Post Gres"}, ["clusters.main.os_user", "'Post Gres'", "an OS account name"]),
+    ({"pgbackrest__retention": {"full": 4}}, ["clusters.main.pgbackrest.retention", "unknown key 'full'"]),
+], ids=["bad-stanza", "relative-config-file", "relative-restore-dir", "privileged-ports", "reversed-ports",
+        "bad-os-user", "unknown-retention-key"])
+def test_bad_cluster_config_names_the_key_value_and_what_is_allowed(tmp_path: Path, changes: dict[str, Any],
+                                                                    expected: list[str]) -> None:
+    path = write(tmp_path, with_cluster(**changes))
+    with pytest.raises(ConfigError) as err:
+        load_environment(path)
+    for fragment in expected:
+        assert fragment in str(err.value)
+
+
+def test_an_unknown_cluster_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from flows.physical_backup import physical_backup
+
+    state = physical_backup(str(write(tmp_path, with_cluster())), "nope", return_state=True)
+    assert state.is_failed() and "cluster 'nope' is not in environment 'cfgtest'; known: main" in state.message

@@ -39,6 +39,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from deployments.automations import ensure_automations
 from flows.backup import backup_database
 from flows.deploy import deploy
+from flows.physical_backup import physical_backup
+from flows.pitr_restore import pitr_restore
 from flows.restore_database import restore_database
 from sandbox import orchestration
 from sandbox.cluster import GOOD_IMAGE, NAMESPACE
@@ -55,7 +57,8 @@ pytestmark = pytest.mark.scenario
 POOL = "runbook-crash-tests"
 ENV = "crash"
 SILENT_AFTER = timedelta(seconds=40)
-KILL_AT = {"deploy": "deploy.after-set-image", "restore": "restore.after-swap", "backup": "backup.before-manifest"}
+KILL_AT = {"deploy": "deploy.after-set-image", "restore": "restore.after-swap", "backup": "backup.before-manifest",
+           "pitr": "physical-restore.instance-started"}
 FINISHED_WITHIN = 300.0  # crash detection (<= 70 s) + a dead lease running out (<= 60 s) + the work
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 
@@ -97,6 +100,7 @@ def stack(sandbox: Any, environments_dir: Path, tmp_path_factory: pytest.TempPat
 
     _write_environment(sandbox, environments_dir, f"{ENV}-slow", slow_analysis)
     backup_database(ENV, "pgbench")  # what the restores restore, made through the session's harness
+    physical_backup(ENV, "main", "incr")  # what the point-in-time recovery starts from
     server = orchestration.start_server(root / "server", database_url=orchestration.create_prefect_database(sandbox),
                                         settings={"PREFECT_SERVER_UI_ENABLED": "false"})
     try:
@@ -106,7 +110,8 @@ def stack(sandbox: Any, environments_dir: Path, tmp_path_factory: pytest.TempPat
             deployments = {}
             for fl, entrypoint in ((deploy, "flows/deploy.py:deploy"),
                                    (restore_database, "flows/restore_database.py:restore_database"),
-                                   (backup_database, "flows/backup.py:backup_database")):
+                                   (backup_database, "flows/backup.py:backup_database"),
+                                   (pitr_restore, "flows/pitr_restore.py:pitr_restore")):
                 deployments[fl.name] = fl.from_source(source=str(orchestration.REPO_ROOT), entrypoint=entrypoint).deploy(
                     name=ENV, work_pool_name=POOL, tags=["runbook", fl.name, ENV], print_next_steps=False,
                     ignore_warnings=True, job_variables={"command": f"{sys.executable} -m prefect.engine"})
@@ -230,6 +235,46 @@ def open_uploads(sandbox: Any, prefix: str) -> list[str]:
     return [u["Key"] for u in answer.get("Uploads", [])]
 
 
+def pitr_target() -> str:
+    """A recovery target after the stack's physical backup, with a commit after it archived."""
+    server = postgres.Server.from_dsn(sandbox_dsn())
+    with postgres.connect(server, "postgres") as conn:
+        before = postgres.write_heartbeat(conn)
+        time.sleep(0.3)
+        postgres.write_heartbeat(conn)
+        assert postgres.wait_archived(conn, postgres.switch_wal(conn), 60) is not None
+    return (before + timedelta(seconds=0.1)).isoformat()
+
+
+def sandbox_dsn() -> str:
+    return os.environ["RUNBOOK_SANDBOX_PG_DSN"]
+
+
+def restored_instances(sandbox: Any) -> list[str]:
+    from tasks import pghost
+
+    cfg = load_environment(ENV).cluster("main")
+    return [str(p) for p in Path(sandbox.pgbackrest_restore_dir).iterdir()
+            if p.is_dir() and pghost.postmaster_pid(cfg, str(p)) is not None]
+
+
+def restores_into(sandbox: Any, data_dir: str) -> int:
+    """How many `pgbackrest restore` commands pgBackRest's own log shows into `data_dir`."""
+    log = Path(sandbox.pgbackrest_config).parent / "log" / f"{sandbox.pgbackrest_stanza}-restore.log"
+    return sum(1 for line in log.read_text().splitlines()
+               if "restore command begin" in line and f"--pg1-path={data_dir}" in line)
+
+
+def discard_restored_instances(sandbox: Any) -> None:
+    from tasks import pghost
+
+    cfg = load_environment(ENV).cluster("main")
+    for p in Path(sandbox.pgbackrest_restore_dir).iterdir():
+        if p.is_dir():
+            pghost.stop(cfg, str(p))
+            pghost.remove(cfg, str(p))
+
+
 # --- a dead worker ------------------------------------------------------------------------------------
 
 
@@ -244,7 +289,9 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
     logs = [first.log, stack.root / "second.log"]
     second = None
     try:
+        target = pitr_target()
         runs = {
+            "pitr": start_run(stack, "pitr-restore", environment=ENV, cluster="main", target_time=target),
             "deploy": start_run(stack, "deploy", environment=ENV, service="api", image="sandbox/app:v2"),
             "restore": start_run(stack, "restore-database", environment=ENV, database="pgbench", mode="swap"),
             "backup": start_run(stack, "backup-database", environment=ENV, database="fleet"),
@@ -296,10 +343,19 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
         assert catalogue.incomplete == [], "a backup without a manifest was left behind"
         prefix = load_environment(ENV).database("fleet").storage.url.split("/", 3)[3]
         assert open_uploads(sandbox, prefix) == []
+
+        # pitr: restored once into its directory; the instance the first attempt started was
+        # adopted by the second, and it is the only one running
+        running = restored_instances(sandbox)
+        assert len(running) == 1, running
+        assert restores_into(sandbox, running[0]) == 1, "pgbackrest restore ran again into the same directory"
+        pitr_report = latest_report(stack, f"pitr-restore-{ENV}-main")
+        assert "a running instance, adopted" in pitr_report and "Attempt 2 of this flow run" in pitr_report
     finally:
         first.kill()
         if second is not None:
             second.stop()
+        discard_restored_instances(sandbox)
 
 
 # --- cancels ------------------------------------------------------------------------------------------

@@ -28,6 +28,16 @@ def test_prefect_yaml_schedules_nightly_backup_and_sunday_restore_test() -> None
     assert ("flows/restore_test.py:restore_test", "0 3 * * 0") in crons
 
 
+def test_prefect_yaml_schedules_physical_backups_and_the_physical_restore_test_beside_the_logical_one() -> None:
+    doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    crons = {(d["entrypoint"], d["parameters"].get("type"), s["cron"]) for d in doc["deployments"]
+             for s in d.get("schedules", [])}
+    assert ("flows/physical_backup.py:physical_backup", "incr", "0 * * * *") in crons  # hourly
+    assert ("flows/physical_backup.py:physical_backup", "full", "30 1 * * *") in crons  # daily
+    assert ("flows/physical_restore_test.py:physical_restore_test", None, "0 3 * * 0") in crons  # weekly, Sundays
+    assert ("flows/archive_health.py:archive_health", None, "*/5 * * * *") in crons
+
+
 def test_serve_builds_every_runbook_deployment_for_an_environment(make_environment: Any) -> None:
     from deployments.serve import deployments_for
 
@@ -41,11 +51,19 @@ def test_serve_builds_every_runbook_deployment_for_an_environment(make_environme
     assert (nightly.cron, nightly.timezone) == ("0 2 * * *", "Asia/Kolkata")
     weekly = deps[("restore-test", "serve-fleet")].schedules[0].schedule
     assert (weekly.cron, weekly.timezone) == ("0 3 * * 0", "Asia/Kolkata")
+    # the physical restore test on the same weekly cron as the logical ones; backups hourly and daily
+    physical = deps[("physical-restore-test", "serve-main")].schedules[0].schedule
+    assert (physical.cron, physical.timezone) == ("0 3 * * 0", "Asia/Kolkata")
+    incr, full = deps[("physical-backup", "serve-main-incr")], deps[("physical-backup", "serve-main-full")]
+    assert (incr.schedules[0].schedule.cron, incr.parameters["type"]) == ("0 * * * *", "incr")
+    assert (full.schedules[0].schedule.cron, full.parameters["type"]) == ("30 1 * * *", "full")
+    assert deps[("archive-health", "serve-main")].schedules[0].schedule.cron == "*/5 * * * *"
+    assert ("pitr-restore", "serve") in deps
 
 
 # --- what on-call sees in the UI ----------------------------------------------------------------------
 
-CHOICES = {"strategy", "migrate", "mode"}  # Literal parameters of the flows: dropdowns everywhere
+CHOICES = {"strategy", "migrate", "mode", "type", "target"}  # Literal parameters of the flows: dropdowns everywhere
 
 
 def test_every_served_deployment_has_a_form_with_descriptions_and_dropdowns(make_environment: Any) -> None:
@@ -72,13 +90,16 @@ def test_every_served_deployment_has_a_form_with_descriptions_and_dropdowns(make
         for parameter, prop in schema["properties"].items():
             assert prop.get("description"), f"{where}: {parameter} has no description"
             if parameter in CHOICES:
-                assert prop.get("enum"), f"{where}: {parameter} is a choice without an enum"
+                # a choice of one (pitr-restore's target, for now) is a `const`: shown, not typed
+                assert prop.get("enum") or "const" in prop, f"{where}: {parameter} is a choice without an enum"
         props = schema["properties"]
         assert props["environment"]["enum"] == [env.name] and props["environment"]["readOnly"], where
         if "service" in props:
             assert props["service"]["enum"] == sorted(env.services), where
         if "database" in props and flow_name != "restore-test":
             assert props["database"]["enum"] == sorted(env.databases), where
+        if "cluster" in props and "readOnly" not in props["cluster"]:
+            assert props["cluster"]["enum"] == sorted(env.clusters), where
     assert schemas[("deploy", env_name)]["properties"]["strategy"]["enum"] == ["from config", "rolling", "blue-green"]
     assert schemas[("restore-test", f"{env_name}-fleet")]["properties"]["database"]["enum"] == ["fleet"]
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flows.backup import backup_database
+from flows.physical_backup import physical_backup
 from flows.restore_test import restore_test
 
 
@@ -58,11 +59,22 @@ def test_password_appears_nowhere(make_environment: Any, sandbox: Any, capfd: py
     state = backup_database(failing, "fleet", return_state=True)
     assert state.is_failed() and "does not exist" in state.message
 
+    # pgBackRest: a backup, and one that fails (a stanza its config does not know), whose
+    # error carries pgBackRest's own output
+    physical = physical_backup(env, "main", "incr")
+
+    def wrong_stanza(doc: dict[str, Any]) -> None:
+        doc["clusters"]["main"]["pgbackrest"]["stanza"] = "nosuchstanza"
+
+    state = physical_backup(make_environment("secrets-pgbr-fail", wrong_stanza), "main", "incr", return_state=True)
+    assert state.is_failed() and "pgbackrest" in state.message
+
     secrets = {"database password": sandbox.pg_password, "S3 secret key": sandbox.s3_secret_key}
     deadline = time.monotonic() + 20
     while True:  # events reach the API asynchronously
         seen = asyncio.run(_everything_the_api_holds())
-        if "runbook.backup.failed" in seen["events"] and "runbook.restore-test.passed" in seen["events"]:
+        if all(e in seen["events"] for e in ("runbook.backup.failed", "runbook.restore-test.passed",
+                                             "runbook.physical-backup.succeeded", "runbook.physical-backup.failed")):
             break
         assert time.monotonic() < deadline, "runbook events never reached the API"
         time.sleep(0.5)
@@ -71,6 +83,7 @@ def test_password_appears_nowhere(make_environment: Any, sandbox: Any, capfd: py
 
     # The scan looks at real content: the backup's id is in the artifacts and events.
     assert ok["backup_id"] in seen["artifacts"] and ok["backup_id"] in seen["events"]
+    assert physical["label"] in seen["artifacts"] and physical["label"] in seen["events"]
     assert seen["logs"]
     for where, text in seen.items():
         for what, value in secrets.items():

@@ -1,0 +1,247 @@
+"""The database host as an outside system: programs run as the PostgreSQL account there
+(pgBackRest, pg_ctl, pg_amcheck), and the restored instances a physical restore starts.
+
+A restored instance is a data directory under the cluster's `restore.directory`, started on
+a port of `restore.ports` with archiving off, so it can never push WAL into production's
+repository. What runs is read from the directory itself (`postmaster.pid`), never from our
+own memory, so an attempt resumed after a crash finds an instance its predecessor started.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks import postgres
+from tasks.config import ClusterConfig
+from tasks.errors import ConfigError, PermanentError, TransientError
+from tasks.redact import scrub
+
+OUTPUT_TAIL = 2000  # characters of a failed program's output kept in the error
+
+
+def as_account(cluster: ClusterConfig, argv: Sequence[str]) -> list[str]:
+    """argv run as the cluster's OS account: as is when we are it (or none is set), through
+    runuser when we are root, through `sudo -n` otherwise."""
+    user = cluster.os_user
+    if user is None or pwd.getpwuid(os.geteuid()).pw_name == user:
+        return list(argv)
+    if os.geteuid() == 0:
+        return ["runuser", "-u", user, "--", *argv]
+    return ["sudo", "-n", "-u", user, "--", *argv]
+
+
+def run(cluster: ClusterConfig, argv: Sequence[str], *, what: str, timeout: float,
+        env: Mapping[str, str] | None = None, as_owner: bool = True, clean_env: bool = False) -> str:
+    """Run a program on the host and return its stdout; PermanentError with the tail of its
+    output when it fails, TransientError when it takes longer than `timeout`."""
+    full = as_account(cluster, argv) if as_owner else list(argv)
+    try:
+        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=dict(env or {}) if clean_env else {**os.environ, **(env or {})}, cwd="/")
+    except subprocess.TimeoutExpired:
+        raise TransientError(f"{what}: no answer within {timeout:.0f} s") from None
+    except FileNotFoundError:
+        raise PermanentError(f"{what}: {full[0]} is not installed on this host") from None
+    if done.returncode != 0:
+        output = (done.stderr.strip() or done.stdout.strip())[-OUTPUT_TAIL:]
+        raise ProgramFailed(what, done.returncode, scrub(output))
+    return done.stdout
+
+
+class ProgramFailed(PermanentError):
+    """A program on the host exited non-zero; `code` is its exit status."""
+
+    def __init__(self, what: str, code: int, output: str) -> None:
+        super().__init__(f"{what} failed (exit {code}): {output}")
+        self.code = code
+        self.output = output
+
+
+# --- restored instances -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A restored instance: its data directory, port and log, on the database host."""
+
+    data_dir: str
+    port: int
+    log: str
+
+    @property
+    def socket_dir(self) -> str:
+        return str(Path(self.data_dir).parent)
+
+
+def scratch_path(cluster: ClusterConfig, name: str) -> str:
+    """`<restore.directory>/<name>`: the only kind of directory this module creates or removes."""
+    if "/" in name or name in ("", ".", ".."):
+        raise ConfigError(f"restored instance name {name!r} must be a plain folder name")
+    return str(Path(cluster.restore.directory) / name)
+
+
+def _inside_restore_dir(cluster: ClusterConfig, path: str) -> None:
+    parent = Path(cluster.restore.directory).resolve()
+    if Path(path).resolve().parent != parent:
+        raise PermanentError(f"{path} is not directly under the restore directory {parent}: refused")
+
+
+def primary(cluster: ClusterConfig) -> postgres.Server:
+    return postgres.Server.from_dsn(cluster.dsn.resolve())
+
+
+def server_of(cluster: ClusterConfig, instance: Instance) -> postgres.Server:
+    """The cluster's own connection on the instance's port: a physical copy has the same roles
+    and passwords as the primary it was restored from."""
+    server = primary(cluster)
+    return postgres.Server({**server.params, "port": str(instance.port)})
+
+
+def host_of(cluster: ClusterConfig) -> str:
+    return primary(cluster).params.get("host") or "127.0.0.1"
+
+
+def postmaster_pid(cluster: ClusterConfig, data_dir: str) -> int | None:
+    """The pid in `<data_dir>/postmaster.pid` if that process is alive, else None."""
+    path = Path(data_dir) / "postmaster.pid"
+    try:
+        first = path.read_text().split("\n", 1)[0]
+    except PermissionError:
+        try:
+            first = run(cluster, ["cat", str(path)], what=f"reading {path}", timeout=15).split("\n", 1)[0]
+        except ProgramFailed:
+            return None
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        pid = int(first.strip())
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return None
+    except PermissionError:
+        pass  # alive, owned by the account
+    return pid
+
+
+def running_port(cluster: ClusterConfig, data_dir: str) -> int | None:
+    """The port of the instance running from `data_dir` (line 4 of postmaster.pid), or None."""
+    if postmaster_pid(cluster, data_dir) is None:
+        return None
+    path = Path(data_dir) / "postmaster.pid"
+    try:
+        lines = path.read_text().splitlines()
+    except PermissionError:
+        lines = run(cluster, ["cat", str(path)], what=f"reading {path}", timeout=15).splitlines()
+    return int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+
+
+def exists(cluster: ClusterConfig, path: str) -> bool:
+    try:
+        run(cluster, ["test", "-e", path], what=f"looking for {path}", timeout=15)
+    except ProgramFailed:
+        return False
+    return True
+
+
+def is_empty_or_missing(cluster: ClusterConfig, path: str) -> bool:
+    if not exists(cluster, path):
+        return True
+    out = run(cluster, ["find", path, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"],
+              what=f"listing {path}", timeout=30)
+    return out.strip() == ""
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port(cluster: ClusterConfig) -> int:
+    """The first port of `restore.ports` that nothing listens on."""
+    host = host_of(cluster)
+    for port in cluster.restore.port_range:
+        if not port_in_use(host, port):
+            return port
+    raise PermanentError(f"every port of restore.ports {cluster.restore.ports} is in use on {host}")
+
+
+def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instance:
+    """pg_ctl start of a restored data directory on `port`, archiving off, its socket beside it.
+    Waits while recovery runs, up to `restore.start_timeout`."""
+    _inside_restore_dir(cluster, data_dir)
+    timeout = cluster.restore.start_timeout.total_seconds()
+    options = f"-p {port} -c archive_mode=off -c unix_socket_directories={Path(data_dir).parent}"
+    run(cluster, [f"{cluster.pg_bin}/pg_ctl", "-D", data_dir, "-l", log, "-o", options, "-w", "-t",
+                  str(int(timeout)), "-s", "start"], what=f"starting the restored instance in {data_dir}",
+        timeout=timeout + 30)
+    return Instance(data_dir, port, log)
+
+
+def wait_accepting(cluster: ClusterConfig, instance: Instance, timeout: float = 60) -> None:
+    """Until the instance takes a query (pg_ctl -w returns once it accepts connections, but
+    a promotion may still be finishing)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    server = server_of(cluster, instance)
+    while time.monotonic() < deadline:
+        try:
+            with postgres.connect(server, "postgres") as c:
+                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    return
+        except (TransientError, PermanentError) as exc:
+            last = exc
+        time.sleep(0.2)
+    raise PermanentError(f"the restored instance on port {instance.port} did not finish recovery within "
+                         f"{timeout:.0f} s: {scrub(str(last)) if last else 'still in recovery'}")
+
+
+def stop(cluster: ClusterConfig, data_dir: str) -> bool:
+    """Stop the instance running from `data_dir` (fast, then immediate); False if none ran."""
+    _inside_restore_dir(cluster, data_dir)
+    pid = postmaster_pid(cluster, data_dir)
+    if pid is None:
+        return False
+    for mode in ("fast", "immediate"):
+        try:
+            run(cluster, [f"{cluster.pg_bin}/pg_ctl", "-D", data_dir, "-m", mode, "-w", "-t", "60", "-s", "stop"],
+                what=f"stopping the restored instance in {data_dir}", timeout=90)
+            return True
+        except (ProgramFailed, TransientError):
+            continue
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def remove(cluster: ClusterConfig, path: str) -> bool:
+    """Remove a restored data directory, and its log and `.restored` mark beside it; False if
+    it was not there."""
+    _inside_restore_dir(cluster, path)
+    if postmaster_pid(cluster, path) is not None:
+        raise PermanentError(f"an instance still runs from {path}: stop it before removing it")
+    found = exists(cluster, path)
+    run(cluster, ["rm", "-rf", "--one-file-system", path, f"{path}.log", f"{path}.restored"], what=f"removing {path}",
+        timeout=600)
+    return found
+
+
+def amcheck(cluster: ClusterConfig, instance: Instance) -> tuple[bool, str]:
+    """pg_amcheck of every database of the instance (tables and B-tree indexes; the amcheck
+    extension is installed where missing, on this copy only). Returns (clean, its output)."""
+    env = server_of(cluster, instance).env("postgres")
+    argv = [f"{cluster.pg_bin}/pg_amcheck", "--all", "--install-missing", "--no-password"]
+    try:
+        out = run(cluster, argv, what="pg_amcheck", timeout=3600, env=env, as_owner=False, clean_env=True)
+    except ProgramFailed as exc:
+        if exc.code == 2:  # corruption found; 1 is an error running it
+            return False, exc.output
+        raise
+    return True, out.strip()
