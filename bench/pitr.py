@@ -82,7 +82,12 @@ def raw_pitr(state: Any, server: Any, target: str, port: int) -> float:
     """pgbackrest restore to the target into a new directory, pg_ctl start, until promoted."""
     import psycopg
 
+    from datetime import datetime
+
+    from tasks.pgbackrest import pg_time
+
     data = f"{state.pgbackrest_restore_dir}/raw-pitr"
+    target = pg_time(datetime.fromisoformat(target))  # as pgBackRest reads it: "YYYY-MM-DD HH:MM:SS.ffffff+00"
     started = time.monotonic()
     pgbackrest(state, "--repo=2", f"--pg1-path={data}", f"--process-max={PROCESS_MAX}", "--archive-mode=off",
                "--type=time", f"--target={target}", "--target-action=promote", "restore")
@@ -139,7 +144,7 @@ def one_size(size_mb: int) -> dict[str, Any]:
         server = postgres.Server.from_dsn(os.environ["RUNBOOK_SANDBOX_PG_DSN"])
         db_mb = database_bytes(server, "fleet") / 1e6
         with postgres.connect(server, "postgres") as conn:
-            cluster_mb = conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0] / 1e6
+            cluster_mb = float(conn.execute("SELECT sum(pg_database_size(oid)) FROM pg_database").fetchone()[0]) / 1e6
         doc = api.environment_dict(state, name="bench")
         main = doc["clusters"]["main"]
         main["objectives"] = {"rto": "6h", "rpo": "1h"}

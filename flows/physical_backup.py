@@ -33,22 +33,20 @@ LOCK_TIMEOUT = timedelta(hours=6).total_seconds()
 
 
 @task(**retries.policy("pgbackrest"), **checkpoints.REDO)
-def prepare_stanza(env: EnvironmentConfig, cluster: str) -> None:
-    """`stanza-create` (a no-op once it exists) and `check`: the config is valid, and a WAL
-    segment reaches the repository."""
-    cfg = env.cluster(cluster)
-    pgbackrest.stanza_create(cfg)
-    pgbackrest.check(cfg)
+def prepare_stanza(env: EnvironmentConfig, cluster: str) -> bool:
+    """`stanza-create` when the repository has none yet; True if this run created it."""
+    return pgbackrest.stanza_create(env.cluster(cluster))
 
 
 @task(**retries.policy("pgbackrest"), **checkpoints.EFFECT)
 def take_backup(env: EnvironmentConfig, cluster: str, type: str, run_id: str) -> pgbackrest.PhysicalBackup:
-    """`pgbackrest backup --type=<type>`, annotated with the run; then `info` for what it
-    took. A backup this run already took (before a crash) is found, not taken again."""
+    """`pgbackrest check` (the config is valid, a WAL segment reaches the repository) beside
+    `pgbackrest backup --type=<type>`, annotated with the run; then `info` for what it took. A
+    backup this run already took (before a crash) is found, not taken again."""
     cfg = env.cluster(cluster)
     taken = pgbackrest.info(cfg).taken_by(run_id)
     if taken is None:
-        pgbackrest.backup(cfg, type, run_id)
+        pgbackrest.checked_backup(cfg, type, run_id)
         taken = pgbackrest.info(cfg).taken_by(run_id)
     if taken is None:
         raise PermanentError(f"pgbackrest backup of {cluster} ended, but info lists no backup of run {run_id}")
@@ -69,8 +67,8 @@ def expire_by_policy(env: EnvironmentConfig, cluster: str, now: datetime) -> pit
 
 @flow(name="physical-backup", flow_run_name=namer("physical-backup"), **HOOKS)
 def physical_backup(environment: str, cluster: str, type: Literal["incr", "diff", "full"] = "incr") -> dict[str, Any]:
-    """Take a pgBackRest backup of a cluster: stanza-create and check, the backup, its record
-    from `info`, then GFS retention over the full backups. An incremental backup with no full
+    """Take a pgBackRest backup of a cluster: stanza-create (when missing), check beside the
+    backup, its record from `info`, then GFS retention over the full backups. An incremental backup with no full
     before it is taken as a full by pgBackRest. A resumed run reuses the backup it took.
 
     Args:
@@ -87,7 +85,7 @@ def physical_backup(environment: str, cluster: str, type: Literal["incr", "diff"
     run_id = str(flow_run.root_flow_run_id or flow_run.id or "local")
     try:
         with holding(locks.physical(env, cluster), timeout_seconds=LOCK_TIMEOUT):
-            prepare_stanza(env, cluster)
+            record.figures["stanza created by this run"] = prepare_stanza(env, cluster)
             backup = take_backup(env, cluster, type, run_id)
             record.figures.update(reports.physical_backup_figures(backup, type))
             plan = expire_by_policy(env, cluster, datetime.now(UTC))

@@ -42,18 +42,52 @@ def run(cluster: ClusterConfig, argv: Sequence[str], *, what: str, timeout: floa
         env: Mapping[str, str] | None = None, as_owner: bool = True, clean_env: bool = False) -> str:
     """Run a program on the host and return its stdout; PermanentError with the tail of its
     output when it fails, TransientError when it takes longer than `timeout`."""
+    return spawn(cluster, argv, what=what, env=env, as_owner=as_owner, clean_env=clean_env).wait(timeout)
+
+
+@dataclass
+class Running:
+    """A program started on the host, in a process group of its own, so that a timeout or
+    a failure beside it stops the whole of it (runuser and what it runs)."""
+
+    what: str
+    proc: subprocess.Popen[str]
+
+    def wait(self, timeout: float) -> str:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise TransientError(f"{self.what}: no answer within {timeout:.0f} s") from None
+        if self.proc.returncode != 0:
+            output = (err.strip() or out.strip())[-OUTPUT_TAIL:]
+            raise ProgramFailed(self.what, self.proc.returncode, scrub(output))
+        return out
+
+    def stop(self) -> None:
+        """SIGTERM to the group (pgBackRest then stops cleanly), SIGKILL after 10 s."""
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            try:
+                self.proc.communicate(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+def spawn(cluster: ClusterConfig, argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
+          as_owner: bool = True, clean_env: bool = False) -> Running:
     full = as_account(cluster, argv) if as_owner else list(argv)
     try:
-        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                              env=dict(env or {}) if clean_env else {**os.environ, **(env or {})}, cwd="/")
-    except subprocess.TimeoutExpired:
-        raise TransientError(f"{what}: no answer within {timeout:.0f} s") from None
+        proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                text=True, cwd="/", start_new_session=True,
+                                env=dict(env or {}) if clean_env else {**os.environ, **(env or {})})
     except FileNotFoundError:
         raise PermanentError(f"{what}: {full[0]} is not installed on this host") from None
-    if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip())[-OUTPUT_TAIL:]
-        raise ProgramFailed(what, done.returncode, scrub(output))
-    return done.stdout
+    return Running(what, proc)
 
 
 class ProgramFailed(PermanentError):
@@ -151,12 +185,13 @@ def exists(cluster: ClusterConfig, path: str) -> bool:
     return True
 
 
-def is_empty_or_missing(cluster: ClusterConfig, path: str) -> bool:
-    if not exists(cluster, path):
-        return True
-    out = run(cluster, ["find", path, "-mindepth", "1", "-maxdepth", "1", "-print", "-quit"],
-              what=f"listing {path}", timeout=30)
-    return out.strip() == ""
+def restore_state(cluster: ClusterConfig, data_dir: str, mark: str) -> str:
+    """What the host holds for a restore into `data_dir`, in one call: "restored" (its mark
+    is there), "partial" (files, no mark) or "empty" (missing or empty)."""
+    script = ('if [ -e "$2" ]; then echo restored; elif [ -d "$1" ] && [ -n "$(ls -A "$1")" ]; then echo partial; '
+              'else echo empty; fi')
+    return run(cluster, ["sh", "-c", script, "sh", data_dir, mark], what=f"looking at {data_dir}",
+               timeout=30).strip()
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -180,10 +215,22 @@ def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instanc
     _inside_restore_dir(cluster, data_dir)
     timeout = cluster.restore.start_timeout.total_seconds()
     options = f"-p {port} -c archive_mode=off -c unix_socket_directories={Path(data_dir).parent}"
-    run(cluster, [f"{cluster.pg_bin}/pg_ctl", "-D", data_dir, "-l", log, "-o", options, "-w", "-t",
-                  str(int(timeout)), "-s", "start"], what=f"starting the restored instance in {data_dir}",
-        timeout=timeout + 30)
+    try:
+        run(cluster, [f"{cluster.pg_bin}/pg_ctl", "-D", data_dir, "-l", log, "-o", options, "-w", "-t",
+                      str(int(timeout)), "-s", "start"], what=f"starting the restored instance in {data_dir}",
+            timeout=timeout + 30)
+    except ProgramFailed as exc:  # pg_ctl says "examine the log output": the log's end is the reason
+        raise ProgramFailed(f"starting the restored instance in {data_dir}", exc.code,
+                            f"{exc.output}; {log} ends: {log_tail(cluster, log)}") from None
     return Instance(data_dir, port, log)
+
+
+def log_tail(cluster: ClusterConfig, log: str, lines: int = 8) -> str:
+    try:
+        return " | ".join(run(cluster, ["tail", "-n", str(lines), log], what=f"reading {log}",
+                              timeout=15).strip().splitlines())
+    except (ProgramFailed, TransientError):
+        return "(unreadable)"
 
 
 def wait_accepting(cluster: ClusterConfig, instance: Instance, timeout: float = 60) -> None:
@@ -199,7 +246,7 @@ def wait_accepting(cluster: ClusterConfig, instance: Instance, timeout: float = 
                     return
         except (TransientError, PermanentError) as exc:
             last = exc
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise PermanentError(f"the restored instance on port {instance.port} did not finish recovery within "
                          f"{timeout:.0f} s: {scrub(str(last)) if last else 'still in recovery'}")
 
@@ -237,7 +284,8 @@ def amcheck(cluster: ClusterConfig, instance: Instance) -> tuple[bool, str]:
     """pg_amcheck of every database of the instance (tables and B-tree indexes; the amcheck
     extension is installed where missing, on this copy only). Returns (clean, its output)."""
     env = server_of(cluster, instance).env("postgres")
-    argv = [f"{cluster.pg_bin}/pg_amcheck", "--all", "--install-missing", "--no-password"]
+    argv = [f"{cluster.pg_bin}/pg_amcheck", "--all", "--install-missing", "--no-password",
+            f"--jobs={cluster.pgbackrest.process_max}"]
     try:
         out = run(cluster, argv, what="pg_amcheck", timeout=3600, env=env, as_owner=False, clean_env=True)
     except ProgramFailed as exc:

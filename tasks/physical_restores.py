@@ -73,8 +73,9 @@ def restore_instance(env: EnvironmentConfig, cluster: str, plan: InstancePlan, t
     if port is not None:
         found = "a running instance, adopted"
     else:
-        if not pghost.exists(cfg, plan.mark):
-            delta = not pghost.is_empty_or_missing(cfg, plan.data_dir)
+        on_host = pghost.restore_state(cfg, plan.data_dir, plan.mark)
+        if on_host != "restored":
+            delta = on_host == "partial"
             found = "an interrupted restore, finished with --delta" if delta else "nothing"
             clock = time.monotonic()
             pgbackrest.restore(cfg, plan.data_dir, target_time=target_time, label=label, delta=delta)
