@@ -15,7 +15,7 @@ For each size, on a fresh sandbox with the generated fleet database (as bench/ba
   database, smoke queries) against the logical restore test's RTO (restore_and_verify) of
   the same data, from a zstd backup on file://.
 
-Each figure is the best of BENCH_ROUNDS (2), ours and raw alternating. Prints a table per size,
+Each figure is the best of BENCH_ROUNDS (3), ours and raw alternating (and which goes first). Prints a table per size,
 then one JSON line: physical_backup_ratio and pitr_restore_ratio are raw seconds over ours
 (target 1/1.1 = 0.91 or more), physical_vs_logical_rto is the logical RTO over the physical one
 (target 3 or more at 1 GB); the same per size under "sizes".
@@ -39,7 +39,7 @@ from _lib.common import (
 )
 
 SIZES_MB = [int(x) for x in os.environ.get("BENCH_SIZES_MB", "256,1024").split(",")]
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 PROCESS_MAX = 2
 
 
@@ -80,9 +80,9 @@ def raw_basebackup(state: Any, server: Any) -> float:
 
 def raw_pitr(state: Any, server: Any, target: str, port: int) -> float:
     """pgbackrest restore to the target into a new directory, pg_ctl start, until promoted."""
-    import psycopg
-
     from datetime import datetime
+
+    import psycopg
 
     from tasks.pgbackrest import pg_time
 
@@ -161,19 +161,26 @@ def one_size(size_mb: int) -> dict[str, Any]:
             from flows.pitr_restore import pitr_restore
             from flows.restore_test import restore_test
 
+            # Ours and raw alternate, and who goes first alternates too: the page cache must not
+            # decide the comparison.
             raw_backups, ours_backups, basebackups, s3_backups = [], [], [], []
-            for _ in range(ROUNDS):
-                raw_backups.append(raw_full_backup(state))
-                ours_backups.append(timed(physical_backup, "bench", "posix", "full")[0])
+            for i in range(ROUNDS):
+                for step in (("raw", "ours") if i % 2 == 0 else ("ours", "raw")):
+                    if step == "raw":
+                        raw_backups.append(raw_full_backup(state))
+                    else:
+                        ours_backups.append(timed(physical_backup, "bench", "posix", "full")[0])
                 basebackups.append(raw_basebackup(state, server))
             s3_backups.append(timed(physical_backup, "bench", "main", "full")[0])
 
             raw_pitrs, our_pitrs = [], []
-            for _ in range(ROUNDS):
-                raw_pitrs.append(raw_pitr(state, server, marked_target(server), 54499))
-                t_pitr, _ = timed(pitr_restore, "bench", "posix", marked_target(server))
-                our_pitrs.append(t_pitr)
-                discard("bench", "posix")
+            for i in range(ROUNDS):
+                for step in (("raw", "ours") if i % 2 == 0 else ("ours", "raw")):
+                    if step == "raw":
+                        raw_pitrs.append(raw_pitr(state, server, marked_target(server), 54499))
+                    else:
+                        our_pitrs.append(timed(pitr_restore, "bench", "posix", marked_target(server))[0])
+                        discard("bench", "posix")
 
             physical_rto = min(timed(physical_restore_test, "bench", "posix")[1]["rto_seconds"]
                                for _ in range(ROUNDS))

@@ -78,7 +78,8 @@ def pitr_restore(environment: str, cluster: str, target_time: str, target: Liter
     record.figures.update(reports.pitr_plan_figures(at, plan.data_dir, catalogue))
     try:
         if env.protected:
-            record.figures["approver"] = approvals.ask_approval(reports.pitr_question(env.name, cluster, at))
+            record.figures["approver"] = approvals.ask_approval(reports.pitr_question(env.name, cluster, at),
+                                                                  "point-in-time recovery")
         restored = restore_instance(env, cluster, plan, at, None)
         record.absorb(restored)
         record.checks.append(check_target(env, cluster, restored["instance"], at))

@@ -81,11 +81,11 @@ def _refuse(why: str | None) -> None:
         raise PolicyRefused(why)
 
 
-def ask_approval(question: str) -> str:
-    """A deploy to a protected environment. Returns the approver."""
+def ask_approval(question: str, what: str = "deploy") -> str:
+    """A deploy (or another change, `what`) in a protected environment. Returns the approver."""
     answer = _ask(Approval.with_initial_data(description=question, approve=False, approver="", reason=""),
                   "approval")
-    _refuse(confirmations.approval_refused(answer.approve, answer.approver, answer.reason))
+    _refuse(confirmations.approval_refused(answer.approve, answer.approver, answer.reason, what))
     return answer.approver
 
 

@@ -14,12 +14,13 @@ def _no_name(approver: str) -> bool:
     return not approver.strip()
 
 
-def approval_refused(approve: bool, approver: str, reason: str) -> str | None:
-    """A deploy to a protected environment: approved, by someone who gave their name."""
+def approval_refused(approve: bool, approver: str, reason: str, what: str = "deploy") -> str | None:
+    """A change to a protected environment (a deploy, a recovery): approved, by someone who
+    gave their name."""
     if _no_name(approver):
         return "approval needs the approver's name"
     if not approve:
-        return f"deploy rejected by {approver}: {reason or 'no reason given'}"
+        return f"{what} rejected by {approver}: {reason or 'no reason given'}"
     return None
 
 

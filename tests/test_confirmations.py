@@ -51,3 +51,8 @@ def test_an_inconclusive_analysis_goes_on_only_when_promoted(action: str, approv
 def test_a_rollback_needs_the_word_rollback_and_a_name(typed: str, approver: str, refused: str | None) -> None:
     why = rollback_refused(typed, approver)
     assert (why is None) if refused is None else (why is not None and refused in why)
+
+
+def test_a_rejected_recovery_says_what_was_rejected() -> None:
+    assert approval_refused(False, "dana", "wrong time", "point-in-time recovery") == \
+        "point-in-time recovery rejected by dana: wrong time"

@@ -288,3 +288,64 @@ def test_the_seed_procedure_a_bad_delete_is_undone_by_pitr_and_swap(seed_databas
     assert instances_running(sandbox) == []  # the recovered instance was removed after the extract
     text = report(f"pitr-restore-{env}-main")
     assert "swapped into production as" in text and kept[0] in text
+
+
+def test_a_physical_restore_test_whose_check_fails_ends_failed_and_still_removes_its_instance(
+        make_environment: Any, sandbox: Any) -> None:
+    def impossible(doc: dict[str, Any]) -> None:
+        doc["clusters"]["main"]["restore"]["smoke_queries"] = {
+            "fleet": [{"name": "a billion vehicles", "sql": "SELECT count(*) FROM vehicles", "min": 1e9}]}
+
+    env = make_environment("pitr-failing-check", impossible)
+    physical_backup(env, "main", "incr")
+    state = physical_restore_test(env, "main", return_state=True)
+    assert state.is_failed()
+    assert "fleet: smoke: a billion vehicles" in state.message and "expected at least 1e+09" in state.message
+    assert "FAILED" in report(f"physical-restore-test-{env}-main")
+    assert instances_running(sandbox) == [] and not any(p.is_dir() for p in restore_dir(sandbox).iterdir())
+
+
+def test_in_a_protected_environment_a_rejected_approval_stops_the_recovery_before_anything_is_restored(
+        make_environment: Any, sandbox: Any) -> None:
+    import threading
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    def protected(doc: dict[str, Any]) -> None:
+        doc["protected"] = True
+
+    env = make_environment("pitr-protected", protected)
+    physical_backup(env, "main", "incr")
+    target = mark("the target")
+    mark("after it")
+    archive_now()
+    before = sorted(p.name for p in restore_dir(sandbox).iterdir())
+    out: list[Any] = []
+    runner = threading.Thread(target=lambda: out.append(pitr_restore(env, "main", target.isoformat(),
+                                                                     return_state=True)))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while True:
+        with get_client(sync_client=True) as c:
+            runs = [r for r in c.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["pitr-restore"])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.PAUSED])))) if r.parameters["environment"] == env]
+        if runs:
+            break
+        assert time.monotonic() < deadline and runner.is_alive(), "the recovery never asked for an approval"
+        time.sleep(0.3)
+    assert sorted(p.name for p in restore_dir(sandbox).iterdir()) == before  # nothing restored while it waits
+    resume_flow_run(runs[0].id, run_input={"approve": False, "approver": "dana", "reason": "wrong time"})
+    runner.join(timeout=60)
+    assert out[0].is_failed() and "point-in-time recovery rejected by dana: wrong time" in out[0].message
+    assert sorted(p.name for p in restore_dir(sandbox).iterdir()) == before
