@@ -19,6 +19,7 @@ lint: install
 bench: install
 	$(PY) bench/backup.py
 	$(PY) bench/deploy.py
+	$(PY) bench/pitr.py
 
 install: system-deps $(STAMP)
 

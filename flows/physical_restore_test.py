@@ -61,11 +61,12 @@ def physical_restore_test(environment: str, cluster: str) -> dict[str, Any]:
     record.resumed(resume_attempt())
     plan = name_instance(env, cluster, "test", str(flow_run.root_flow_run_id or flow_run.id or "local"))
     try:
-        newest = read_catalogue(env, cluster).newest()
+        catalogue = read_catalogue(env, cluster)
+        newest = catalogue.newest()
         if newest is None:
             raise PermanentError(f"cluster {cluster} has no valid pgBackRest backup to test")
-        record.figures.update(reports.physical_backup_figures(newest, newest.type))
         status = archiver_status(env, cluster)
+        record.figures.update(reports.restore_test_figures(newest, catalogue, status))
         record.checks.append(checks.rpo_of_archive(pitr.wal_age(status, plan.started_at), cfg.objectives.rpo))
         clock = time.monotonic()
         restored = restore_instance(env, cluster, plan, None, newest.label)

@@ -518,6 +518,15 @@ def swap_figures(result: dict[str, Any]) -> dict[str, Any]:
             "swap approver": result.get("approver"), "apps down (s)": result.get("app_down_seconds")}
 
 
+def restore_test_figures(newest: PhysicalBackup, catalogue: StanzaInfo, status: Any) -> dict[str, Any]:
+    """What a physical restore test restores, and the archive it replays (RPO: the last WAL
+    the primary archived, and the newest in the repository)."""
+    return {**physical_backup_figures(newest, newest.type),
+            "WAL in the repository": f"{catalogue.archive_min}..{catalogue.archive_max}",
+            "last WAL archived by the primary": status.last_archived_wal or "(none)",
+            "at": status.last_archived_time.isoformat(timespec="seconds") if status.last_archived_time else "(never)"}
+
+
 def discarded_figures(discarded: dict[str, bool]) -> dict[str, Any]:
     return {"scratch instance stopped": discarded["stopped"], "scratch directory removed": discarded["removed"]}
 
