@@ -45,8 +45,9 @@ REPO_PATH = "/pgbackrest"  # repo1's prefix in the bucket
 PROGRAM = "pgbackrest"
 STANZA_TIMEOUT = 180  # stanza-create and check each (check waits for a WAL segment in both repos)
 INFO_TIMEOUT = 30
-# pgBackRest's `info` status codes that mean the stanza is fine (2: no backup taken yet).
-HEALTHY_CODES = {0: "ok", 2: "no valid backups yet"}
+# pgBackRest's `info` status codes that mean the stanza is fine: 2, no backup taken yet; 4, the
+# repositories differ, which is what a backup to one of the two (flows back up to repo1) leaves.
+HEALTHY_CODES = {0: "ok", 2: "no valid backups yet", 4: "backups in one repository only"}
 
 
 @dataclass(frozen=True)

@@ -328,14 +328,14 @@ FILE_FIELDS_BEFORE_ZSTD = {"key", "size", "sha256"}
 
 def test_a_gzip_backup_taken_before_zstd_still_passes_the_restore_test(make_environment: Any) -> None:
     """A backup as the code before this change wrote it: pg_dump -Fc -Z6 in dump.pgc, and a
-    manifest without `compression`, `raw_size` or `frames`."""
+    manifest without `compression`, `raw_size` or `frames` (nor `source`, which came later)."""
     import json
 
     env = make_environment("old-gzip", compressed_with("gzip:6"))
     backup_id = backup_database(env, "pgbench")["backup_id"]
     folder = storage_of(env, "pgbench").local_path(f"pgbench/{backup_id}/")
     doc = json.loads((folder / backups.MANIFEST).read_text())
-    del doc["compression"]
+    del doc["compression"], doc["source"]
     for f in doc["files"]:
         del f["raw_size"], f["frames"]
     assert set(doc) == MANIFEST_FIELDS_BEFORE_ZSTD and all(set(f) == FILE_FIELDS_BEFORE_ZSTD for f in doc["files"])
