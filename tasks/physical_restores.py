@@ -107,7 +107,7 @@ def check_target(env: EnvironmentConfig, cluster: str, instance: pghost.Instance
     primary_newest = None
     if target_time is not None:
         with postgres.connect(pghost.primary(cfg), cfg.heartbeat_database) as conn:
-            primary_newest = postgres.newest_heartbeat(conn, target_time)
+            primary_newest = postgres.newest_heartbeat(conn, target_time - pitr.MARKER_SLACK)
     return pitr.target_reached(target_time, replayed, primary_newest, restored_newest)
 
 

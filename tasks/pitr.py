@@ -23,6 +23,11 @@ from tasks.errors import ConfigError
 from tasks.retention import BackupRecord, RetentionPlan, plan_retention
 
 WAL_SEGMENT_BYTES = 16 * 1024 * 1024
+# A marker's time is when its row was inserted; its transaction commits a little later, and
+# recovery stops by commit time. A marker inserted within this much before the target may
+# rightly be missing, so "data up to the target" is checked against the newest marker before
+# target - MARKER_SLACK (markers are minutes apart).
+MARKER_SLACK = timedelta(seconds=1)
 
 
 # --- the recovery target -------------------------------------------------------------------------
@@ -166,8 +171,9 @@ def wal_age(status: ArchiverStatus, now: datetime) -> timedelta | None:
 def target_reached(target: datetime | None, last_replayed: datetime | None, primary_newest_before: datetime | None,
                    restored_newest: datetime | None) -> Check:
     """The recovered instance stopped at the target. Markers are rows of a heartbeat table with
-    their commit time: the restored instance's newest marker must be the primary's newest one
-    at or before the target (data up to it) and not later than the target (none after it).
+    their insert time: the restored instance's newest marker must be at least the primary's
+    newest one from before the target (`primary_newest_before`, taken MARKER_SLACK before it:
+    data up to the target) and not later than the target (none after it).
     `target` None means "the end of the archive": then the newest marker is only reported."""
     replayed = last_replayed.isoformat() if last_replayed else "(none)"
     if target is None:

@@ -349,3 +349,28 @@ def test_in_a_protected_environment_a_rejected_approval_stops_the_recovery_befor
     runner.join(timeout=60)
     assert out[0].is_failed() and "point-in-time recovery rejected by dana: wrong time" in out[0].message
     assert sorted(p.name for p in restore_dir(sandbox).iterdir()) == before
+
+
+def test_an_interrupted_restore_is_finished_with_delta_in_the_same_directory(cluster_env: str, sandbox: Any) -> None:
+    """What a worker killed during `pgbackrest restore` leaves: a directory with part of the
+    files and no `.restored` mark. The next attempt finishes it there (--delta), once."""
+    from tasks import pgbackrest as pbr
+    from tasks.physical_restores import InstancePlan, check_target, restore_instance
+
+    physical_backup(cluster_env, "main", "incr")
+    target = mark("the target")
+    mark("after it")
+    archive_now()
+    env = load_environment(cluster_env)
+    cfg = env.cluster("main")
+    plan = InstancePlan("main-pitr-interrupted", pghost.scratch_path(cfg, "main-pitr-interrupted"),
+                        datetime.now(UTC))
+    pbr.restore(cfg, plan.data_dir, target_time=target, label=None, delta=False)
+    pghost.run(cfg, ["rm", "-rf", f"{plan.data_dir}/base", f"{plan.data_dir}/global/pg_control"],
+               what="losing part of the restore", timeout=30)  # as if killed halfway
+
+    restored = restore_instance.fn(env, "main", plan, target, None)
+
+    assert restored["found"] == "an interrupted restore, finished with --delta"
+    assert instances_running(sandbox) == [plan.data_dir]
+    assert check_target.fn(env, "main", restored["instance"], target).passed
