@@ -24,9 +24,16 @@ async def _everything_the_api_holds() -> dict[str, str]:
         logs: list[Any] = []
         while page := await client.read_logs(log_filter=LogFilter(), limit=200, offset=len(logs)):
             logs.extend(page)
-        artifacts = await client.read_artifacts(limit=200)
-        flow_runs = await client.read_flow_runs(limit=200)
-        task_runs = await client.read_task_runs(limit=200)
+        # Every page: by the time this test runs, the session's server holds more than one page.
+        artifacts: list[Any] = []
+        while page := await client.read_artifacts(limit=200, offset=len(artifacts)):
+            artifacts.extend(page)
+        flow_runs: list[Any] = []
+        while page := await client.read_flow_runs(limit=200, offset=len(flow_runs)):
+            flow_runs.extend(page)
+        task_runs: list[Any] = []
+        while page := await client.read_task_runs(limit=200, offset=len(task_runs)):
+            task_runs.extend(page)
         events: list[Any] = []
         resp = await client._client.post("/events/filter", json={"limit": 50})
         while True:  # every event, page by page (the API serves 50 at a time)
