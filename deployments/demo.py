@@ -7,7 +7,8 @@ demo types the confirmation as an on-call engineer would in the UI), a good roll
 deploy, a bad one that rolls itself back, and blue-green deploys by Service selector and
 by Ingress; and for the whole cluster with pgBackRest: a full physical backup, a point-in-time
 recovery to a marked time on a new instance, a physical restore test and the WAL archive's
-health check. Prints a summary and brings the sandbox down. Exit code 0 only if every run
+health check; and for the replicated pair, a DR drill (a planned switchover to the standby,
+a failback and two rebuilds), announced to a local webhook receiver. Prints a summary and brings the sandbox down. Exit code 0 only if every run
 passed.
 """
 
@@ -81,6 +82,12 @@ def _marked_time() -> str:
     return (marked + timedelta(seconds=0.1)).isoformat()
 
 
+def _received(base_url: str) -> list[Any]:
+    import httpx
+
+    return list(httpx.get(f"{base_url}/received", timeout=5).json())
+
+
 def _expect_rollback(row: dict[str, Any], environment: str, service: str, previous: str) -> dict[str, Any]:
     """A bad deploy passes the demo when its run failed and the previous image runs again."""
     from tasks import kubernetes
@@ -142,6 +149,10 @@ def _figures(row: dict[str, Any]) -> tuple[str, str]:
         return f"recovered to {r['target_time']} on {r['instance']}, target reached", r["artifact"]
     if isinstance(r, dict) and r.get("runbook") == "physical-restore-test":
         return f"{r['label']}: {r['checks']} checks passed, RTO {r['rto_seconds']:.1f}s", r["artifact"]
+    if isinstance(r, dict) and r.get("runbook") == "dr-drill":
+        runs = "; ".join(f"{x['label']} {x['from']}->{x['to']}: RTO {x['rto_seconds']:.1f}s, RPO {x['rpo_bytes']} bytes"
+                         for x in r["runs"])
+        return runs, r["artifact"]
     if isinstance(r, dict) and r.get("runbook") == "archive-health":
         f = r["figures"]
         return (f"last WAL {f.get('last archived WAL')}, archived within {f.get('archived within (s)')} s",
@@ -158,10 +169,16 @@ def main() -> int:
     state = api.up(workdir=DEMO_DIR, size_mb=size_mb)
     os.environ.update(state.secret_env())
     rows: list[dict[str, Any]] = []
+    from sandbox import webhook
+    from sandbox.state import ENV_WEBHOOK_URL
+
+    hook = webhook.start_detached(DEMO_DIR / "webhook")
+    os.environ[ENV_WEBHOOK_URL] = hook.url
     try:
         from flows.archive_health import archive_health
         from flows.backup import backup_all
         from flows.deploy import deploy
+        from flows.dr_drill import dr_drill
         from flows.migrate import migrate_database
         from flows.physical_backup import physical_backup
         from flows.physical_restore_test import physical_restore_test
@@ -187,7 +204,10 @@ def main() -> int:
         rows.append(_expect_rollback(bad, env.name, "api", "sandbox/app:v2"))
         rows.append(_run("deploy web (blue-green)", deploy, env.name, "web", "sandbox/app:v2"))
         rows.append(_run("deploy admin (Ingress)", deploy, env.name, "admin", "sandbox/app:v2"))
+        rows.append(_run("dr-drill (failback)", dr_drill, env.name))
+        print(f"   the incident channel received {len(_received(hook.base_url))} announcements")
     finally:
+        webhook.stop_detached(DEMO_DIR / "webhook")
         print("== bringing the sandbox down")
         api.down(DEMO_DIR)
 

@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.flows import Flow
 from prefect.schedules import Cron
 from prefect.utilities.annotations import freeze
@@ -34,10 +35,14 @@ from deployments.automations import HEARTBEAT_SECONDS, ensure_automations
 from flows.archive_health import archive_health
 from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
+from flows.dr_drill import dr_drill
+from flows.dr_failover import dr_failover
 from flows.migrate import migrate_database
 from flows.physical_backup import physical_backup
 from flows.physical_restore_test import physical_restore_test
 from flows.pitr_restore import pitr_restore
+from flows.primary_watch import primary_watch
+from flows.rebuild_replica import rebuild_replica
 from flows.restore_database import restore_database
 from flows.restore_test import restore_test
 from flows.rollback import rollback
@@ -47,7 +52,8 @@ from tasks.config import EnvironmentConfig, environments_dir, load_environment
 SERVICE_FLOWS: tuple[Flow[..., Any], ...] = (deploy, rollback, scale, restart, autoscale)
 DATABASE_FLOWS: tuple[Flow[..., Any], ...] = (backup_database, migrate_database, restore_database)
 CLUSTER_FLOWS: tuple[Flow[..., Any], ...] = (physical_backup, pitr_restore, physical_restore_test, archive_health)
-FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS)
+DR_FLOWS: tuple[Flow[..., Any], ...] = (dr_failover, rebuild_replica, primary_watch, dr_drill)
+FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS, *DR_FLOWS)
 
 
 def _deployment(fl: Flow[..., Any], env: EnvironmentConfig, name: str | None = None, **options: Any) -> Any:
@@ -82,6 +88,26 @@ def deployments_for(environment: str) -> list[Any]:
             description=f"Weekly restore test of {database} in {env.name}",
         ))
     deps += cluster_deployments(env)
+    deps += dr_deployments(env)
+    return deps
+
+
+def dr_deployments(env: EnvironmentConfig) -> list[Any]:
+    """With a DR pair: `primary-watch/<env>` every minute (one run at a time: a run that would
+    overlap a failover in progress is cancelled), and manual runs of `dr-failover/<env>` and
+    `rebuild-replica/<env>`; `dr-drill/<env>` only where drills are allowed."""
+    if env.dr is None:
+        return []
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+    deps = [
+        _deployment(primary_watch, env, schedules=[Cron(env.schedules.primary_watch, timezone=env.timezone)],
+                    concurrency_limit=one_at_a_time,
+                    description=f"Probe the primary of {env.name}'s DR pair every minute; fail over when it is down"),
+        _deployment(dr_failover, env, description=f"Fail over (or switch over) {env.name}'s database to its standby"),
+        _deployment(rebuild_replica, env, description=f"Rebuild the standby of {env.name} after a failover"),
+    ]
+    if env.drills_allowed:
+        deps.append(_deployment(dr_drill, env, description=f"DR drill of {env.name}: switch over and back"))
     return deps
 
 

@@ -1,10 +1,11 @@
 """The sandbox from Python: `up`, `down`, `status`, `load_state`, and its environment config.
 
 `up` starts a disposable stand-in for production on loopback: a PostgreSQL 15
-primary with a realistic `fleet` database and a `pgbench` database, and moto's S3
-server with the backup bucket. The primary archives its WAL with pgBackRest (stanza
-`sandbox`) to the bucket, through a TLS terminator in front of moto, and to a posix
-repository. It writes `<workdir>/state.json` and
+primary with a realistic `fleet` database and a `pgbench` database, a separate
+streaming-replicated pair (pg-a, pg-b) with an `orders` database for DR flows, and
+moto's S3 server with the backup bucket and a Route53 zone for the pair. The primary
+archives its WAL with pgBackRest (stanza `sandbox`) to the bucket, through a TLS
+terminator in front of moto, and to a posix repository. It writes `<workdir>/state.json` and
 `<workdir>/sandbox.env` (both 0600, they hold the secrets) and the `sandbox`
 environment config. If anything fails on the way, it stops what it started and
 removes the work dir, so a failed `up` leaves nothing behind.
@@ -14,6 +15,8 @@ Work dir layout:
     state.json         SandboxState
     sandbox.env        `export` lines for the secrets sandbox.yaml names
     pg/                the cluster, owned by the PostgreSQL account: data/, postgres.log, socket
+    ha/                the replicated pair DR flows fail over (sandbox/replication.py): pgpass,
+                       pg-a/ and pg-b/ (each node.conf, data/, postgres.log, socket)
     moto.log, moto.pid the S3 server
     kube/, webapp/     the fake Kubernetes API server and the sample web service
     faultproxy-s3/     the fault proxy in front of moto (sandbox/faultproxy.py)
@@ -45,7 +48,7 @@ import httpx
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox import cluster, faultproxy, orchestration, pgbackrest, postgres, s3, sampledata, tls
+from sandbox import cluster, faultproxy, orchestration, pgbackrest, postgres, replication, s3, sampledata, tls
 from sandbox.environment import environment_dict, environment_text, write_environment, write_kubeconfig_via
 from sandbox.process import cmdline, free_port, pid_alive, scrub
 from sandbox.state import (
@@ -111,18 +114,22 @@ def up(workdir: Path | None = None, size_mb: int = 64, environments_dir: Path | 
         report = status(workdir)
         if report["healthy"]:
             return existing
-        pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["prefect"]}
+        pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["replication"],
+                  **report["prefect"]}
         broken = ", ".join(f"{name}: {c['detail']}" for name, c in pieces.items() if not c["ok"])
         if all(c["ok"] for c in (*report["components"].values(), *report["archiving"].values(),
-                                 *report["proxies"].values())):
+                                 *report["proxies"].values(), *report["replication"].values())):
             fix = f"run `python -m sandbox prefect down --dir {workdir}` and then `prefect up` again"
+        elif all(c["ok"] for c in (*report["components"].values(), *report["archiving"].values(),
+                                   *report["proxies"].values())):
+            fix = "put the pair back with `sandbox.replication.reset(state)`, or `down` and `up` again"
         else:
             fix = f"run `python -m sandbox down --dir {workdir}` and then `up` again"
         raise PermanentError(f"the sandbox in {workdir} is partly down ({broken}); {fix}")
     env_dir = Path(environments_dir) if environments_dir is not None else REPO_ROOT / "environments"
     bin_dir = postgres.pg_bin()
     postgres.postgres_account()  # fails early, with advice, if root has no 'postgres' account
-    if len(str(workdir / "pg")) > _SOCKET_NAME_MAX:
+    if len(str(workdir / replication.DIR / replication.NODES[0])) > _SOCKET_NAME_MAX:  # the longest socket dir
         raise ConfigError(
             f"work dir {workdir} is too long for PostgreSQL's unix socket path "
             f"(at most {_SOCKET_NAME_MAX - 3} characters); choose a shorter one"
@@ -170,14 +177,28 @@ def _claim(workdir: Path) -> None:
 
 
 def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> SandboxState:
+    # The replicated pair builds in a thread of its own while the rest starts. Leaving waits for
+    # it even on a failure, so `up`'s clean-up finds all it started.
+    pair_pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        return _start_pieces(workdir, size_mb, env_dir, bin_dir, pair_pool)
+    finally:
+        pair_pool.shutdown(wait=True)
+
+
+def _start_pieces(
+    workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path, pair_pool: ThreadPoolExecutor
+) -> SandboxState:
     password = _token(32)
     access_key = "AKIA" + _token(16, string.ascii_uppercase + string.digits)
     secret_key = _token(40)
-    hidden = [password, secret_key]
+    pair_passwords = {"admin_password": _token(32), "replicator_password": _token(32), "app_password": _token(32)}
+    hidden = [password, secret_key, *pair_passwords.values()]
 
-    # moto takes a few seconds to import: start it first and build the cluster meanwhile.
+    # moto takes a few seconds to import: start it first and build the clusters meanwhile.
     moto_port = free_port()
     moto = s3.start(workdir, moto_port)
+    pair_building = pair_pool.submit(_create_pair, workdir, bin_dir, pair_passwords, hidden)
 
     pg_dir = workdir / "pg"
     # The TLS terminator in front of moto (and its certificate) starts meanwhile too: its port
@@ -231,15 +252,25 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
     backups = workdir / "backups"
     backups.mkdir(mode=0o700)
 
-    # The stanza (stanza-create, then check: a WAL segment reaches both repositories) while
-    # the Kubernetes pieces and the proxies start; all before the sample data is loaded.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # The pair before the Kubernetes objects, which hold its address.
+    pair = pair_building.result()
+
+    # The stanza (stanza-create, then check: a WAL segment reaches both repositories) and the
+    # pair's DNS zone while the Kubernetes pieces and the proxies start; all before the sample
+    # data is loaded.
+    with ThreadPoolExecutor(max_workers=2) as pool:
         stanza = pool.submit(_create_stanza, pgbackrest_config, hidden)
+        dns = pool.submit(_create_dns, endpoint, access_key, secret_key, pair, hidden)
         with _step("starting the Kubernetes API server and the sample web service", hidden):
             kube = cluster.start(workdir)
+        with _step("creating the orders app, pointed at the pair's primary", hidden):
+            preferred = pair.nodes[replication.PREFERRED]
+            cluster.seed_orders(kube.kubeconfig, host=replication.HOST, port=preferred.port, user=replication.APP_USER,
+                                password=pair_passwords["app_password"], dbname=replication.DATABASE)
         with _step("starting the fault proxies in front of S3 and the Kubernetes API server", hidden):
             proxies = _start_proxies(workdir, endpoint, kube)
         stanza.result()
+        dns_fields = dns.result()
 
     state = SandboxState(
         workdir=workdir,
@@ -273,6 +304,11 @@ def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> Sandbox
         tls_s3_url=terminator.url,
         tls_pid=terminator.pid,
         tls_ca_file=terminator.ca_file,
+        **pair.state_fields(),
+        ha_admin_password=pair_passwords["admin_password"],
+        ha_replicator_password=pair_passwords["replicator_password"],
+        ha_app_password=pair_passwords["app_password"],
+        **dns_fields,
     )
     with _step("loading the sample data", hidden):
         for db in DATABASES:
@@ -295,6 +331,17 @@ def _start_tls(workdir: Path, upstream: str, hidden: list[str]) -> tls.DetachedT
     on the first start (in <workdir>/tls, readable by the PostgreSQL account's pgBackRest)."""
     with _step("starting the TLS terminator in front of S3", hidden):
         return tls.start_detached(workdir / TLS_DIR, upstream=upstream)
+
+
+def _create_pair(workdir: Path, bin_dir: Path, passwords: dict[str, str], hidden: list[str]) -> replication.Pair:
+    with _step("creating the replicated pair pg-a/pg-b", hidden):
+        return replication.create(workdir, bin_dir, **passwords)
+
+
+def _create_dns(endpoint: str, access_key: str, secret_key: str, pair: replication.Pair,
+                hidden: list[str]) -> dict[str, Any]:
+    with _step(f"creating the Route53 zone {replication.ZONE}", hidden):
+        return replication.create_dns(endpoint, access_key, secret_key, pair)
 
 
 def _create_stanza(config: Path, hidden: list[str]) -> None:
@@ -397,6 +444,7 @@ def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | 
     restores = (state.pgbackrest_restore_dir if state else None) or pgbackrest.layout(workdir).restores
     actions += pgbackrest.stop_orphans(restores, bin_dir)
     actions += _stop_proxies(workdir) + cluster.stop(workdir)
+    actions += replication.stop_all(workdir, state, bin_dir)  # whatever flows made of it
     data = state.pg_data_dir if state else workdir / "pg" / "data"
     # A fast shutdown lets the archiver try the WAL still waiting; with S3 unreachable each
     # archive-push retries for many seconds (three of them: ~40 s). The dir goes anyway.
@@ -451,15 +499,17 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
 
     {"workdir", "healthy", "components": {"postgres"|"s3"|"kubernetes"|"webapp": {"ok", "address",
      "pid", "detail"}}, "archiving": {"s3-tls"|"pgbackrest": {...the same}}, "proxies":
-     {"s3-proxy"|"kube-proxy": {...the same}}, "prefect": {"prefect"|"worker-N": {...the same}},
-     "environment_file"}; components is empty when there is no sandbox, archiving in a sandbox
-    from before pgBackRest, prefect while `prefect up` has not run. `healthy` counts them all.
+     {"s3-proxy"|"kube-proxy": {...the same}}, "replication": {"ha"|"dns": {...the same; ha also
+     "nodes": {"pg-a"|"pg-b": {"role", "port", "pid", "replication" on the primary}}}},
+     "prefect": {"prefect"|"worker-N": {...the same}}, "environment_file"}; components is empty
+    when there is no sandbox, archiving in a sandbox from before pgBackRest, replication before
+    the pair, prefect while `prefect up` has not run. `healthy` counts them all.
     """
     workdir = _workdir(workdir)
     state = load_state(workdir)
     if state is None:
         return {"workdir": str(workdir), "healthy": False, "components": {}, "archiving": {}, "proxies": {},
-                "prefect": {}, "environment_file": None}
+                "replication": {}, "prefect": {}, "environment_file": None}
     hidden = state.secrets()
     components: dict[str, dict[str, Any]] = {}
 
@@ -495,14 +545,16 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
     }
 
     archiving = _archiving_components(state, hidden, s3_ok=components["s3"]["ok"])
+    pair = replication.describe(state, dns_reachable=components["s3"]["ok"]) if state.ha_nodes else {}
     prefect = _prefect_components(state)
     return {
         "workdir": str(workdir),
         "healthy": all(c["ok"] for c in (*components.values(), *archiving.values(), *proxies.values(),
-                                         *prefect.values())),
+                                         *pair.values(), *prefect.values())),
         "components": components,
         "archiving": archiving,
         "proxies": proxies,
+        "replication": pair,
         "prefect": prefect,
         "environment_file": str(state.environment_file) if state.environment_file else None,
     }

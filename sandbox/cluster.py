@@ -10,6 +10,11 @@ objects production would have, in namespace `sandbox`:
   live colour's Service, as `kubectl apply -f kubernetes/green/` would), preview Service
   `admin-preview` (colour=green) and Ingress `admin` whose backend is the live colour's
   Service. The sample web service answers for it at /ing/sandbox/admin/...
+- `orders`, deployed rolling, whose health is the health of the database it points at
+  (`seed_orders`, once a PostgreSQL to point at runs): ConfigMap `orders-database` (PGHOST,
+  PGPORT), Secret `orders-credentials` (PGUSER, PGPASSWORD, PGDATABASE), Deployment and
+  Service `orders`; its pods read both at start, so a DR failover repoints the ConfigMap and
+  restarts the Deployment. Namespace `sandbox-dr` has the same objects, scaled to 0.
 
 Images follow the sample service's tag conventions (sandbox/webapp/behaviour.py):
 `sandbox/app:v1` is good, `:v2-err8` fails 8% of requests, `:v2-bad-health` fails its
@@ -27,6 +32,10 @@ from sandbox.kube import server as kube_server
 from sandbox.webapp import server as webapp_server
 
 NAMESPACE = "sandbox"
+DR_NAMESPACE = "sandbox-dr"
+ORDERS = "orders"
+ORDERS_CONFIGMAP = "orders-database"
+ORDERS_SECRET = "orders-credentials"
 GOOD_IMAGE = "sandbox/app:v1"
 IMAGE_RULES = {":*never-ready*": "NeverReady", ":*crash*": "CrashLoopBackOff", ":*bad-pull*": "ImagePullBackOff"}
 PROGRESS_DEADLINE_SECONDS = 8  # short, so a bad rollout fails fast in the sandbox
@@ -47,7 +56,9 @@ def start(workdir: Path) -> ClusterInfo:
         seed(kube.kubeconfig)
         web = webapp_server.start_detached(
             workdir / "webapp", kubeconfig=kube.kubeconfig,
-            services=[f"{NAMESPACE}/{s}" for s in ("api", "web", "web-preview", "admin-preview")],
+            # orders exists once seed_orders ran: until then the web service finds no Service.
+            services=[f"{NAMESPACE}/{s}" for s in ("api", "web", "web-preview", "admin-preview", ORDERS)]
+            + [f"{DR_NAMESPACE}/{ORDERS}"],
             ingresses=[f"{NAMESPACE}/admin"], rate=40, window=5,
         )
     except BaseException:
@@ -65,10 +76,11 @@ def stop(workdir: Path) -> list[str]:
     return actions
 
 
-def _deployment(name: str, labels: dict[str, str], containers: list[dict[str, Any]], replicas: int) -> dict[str, Any]:
+def _deployment(name: str, labels: dict[str, str], containers: list[dict[str, Any]], replicas: int,
+                namespace: str = NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": dict(labels)},
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
         "spec": {
             "replicas": replicas,
             "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
@@ -80,10 +92,10 @@ def _deployment(name: str, labels: dict[str, str], containers: list[dict[str, An
     }
 
 
-def _service(name: str, selector: dict[str, str]) -> dict[str, Any]:
+def _service(name: str, selector: dict[str, str], namespace: str = NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]},
     }
 
@@ -124,8 +136,53 @@ def seed(kubeconfig: Path) -> None:
         api_client.close()
 
 
-def services_config(webapp_url: str) -> dict[str, Any]:
-    """The `services` section of sandbox.yaml."""
+def seed_orders(kubeconfig: Path, *, host: str, port: int, user: str, password: str, dbname: str,
+                replicas: int = 2, namespace: str = NAMESPACE, dr_namespace: str = DR_NAMESPACE) -> None:
+    """Create `orders`, pointed at the database host:port, in `namespace` (with `replicas`)
+    and in `dr_namespace` (scaled to 0, for a failover to bring up). Seeding again replaces
+    the objects: the ConfigMap and Secret take the new values, which running pods see only
+    after a restart. The namespaces are created if missing."""
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+        for ns, count in ((namespace, replicas), (dr_namespace, 0)):
+            _create_or_replace(core.create_namespace, None, {"metadata": {"name": ns}})
+            _create_or_replace(core.create_namespaced_config_map, core.replace_namespaced_config_map, {
+                "metadata": {"name": ORDERS_CONFIGMAP, "namespace": ns},
+                "data": {"PGHOST": host, "PGPORT": str(port)}}, ns)
+            _create_or_replace(core.create_namespaced_secret, core.replace_namespaced_secret, {
+                "metadata": {"name": ORDERS_SECRET, "namespace": ns}, "type": "Opaque",
+                "stringData": {"PGUSER": user, "PGPASSWORD": password, "PGDATABASE": dbname}}, ns)
+            container = {"name": ORDERS, "image": GOOD_IMAGE, "ports": [{"containerPort": 8080}],
+                         "envFrom": [{"configMapRef": {"name": ORDERS_CONFIGMAP}},
+                                     {"secretRef": {"name": ORDERS_SECRET}}]}
+            _create_or_replace(apps.create_namespaced_deployment, apps.replace_namespaced_deployment,
+                               _deployment(ORDERS, {"app": ORDERS}, [container], count, ns), ns)
+            _create_or_replace(core.create_namespaced_service, None, _service(ORDERS, {"app": ORDERS}, ns), ns)
+    finally:
+        api_client.close()
+
+
+def _create_or_replace(create: Any, replace: Any, body: dict[str, Any], namespace: str | None = None) -> None:
+    """Create the object; if it exists, replace it (`replace` None: keep it as it is)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        if namespace is None:
+            create(body)
+        else:
+            create(namespace, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        if replace is not None:
+            replace(body["metadata"]["name"], namespace, body)
+
+
+def services_config(webapp_url: str, *, orders: bool = False) -> dict[str, Any]:
+    """The `services` section of sandbox.yaml; `orders` once seed_orders made it."""
     def urls(kind: str, name: str) -> tuple[str, str]:
         base = f"{webapp_url}/{kind}/{NAMESPACE}/{name}"
         return f"{base}/health", f"{base}/metrics"
@@ -154,7 +211,7 @@ def services_config(webapp_url: str) -> dict[str, Any]:
     admin = blue_green("admin", ("ing", "admin"), service="admin", ingress="admin")
     admin["smoke_checks"] = [{"name": "admin portal answers", "url": f"{webapp_url}/ing/{NAMESPACE}/admin/orders",
                               "expect_status": 200}]
-    return {
+    services: dict[str, Any] = {
         "api": {
             "namespace": NAMESPACE, "deployment": "api", "container": "api", "strategy": "rolling",
             "image_repository": "sandbox/app", "rollout_timeout": "60s",
@@ -166,3 +223,11 @@ def services_config(webapp_url: str) -> dict[str, Any]:
         "web": blue_green("web", ("svc", "web"), service="web"),
         "admin": admin,
     }
+    if orders:
+        health, _ = urls("svc", ORDERS)
+        services[ORDERS] = {
+            "namespace": NAMESPACE, "deployment": ORDERS, "container": ORDERS, "strategy": "rolling",
+            "image_repository": "sandbox/app", "rollout_timeout": "60s",
+            "health_urls": [health], "url": health,
+        }
+    return services

@@ -15,7 +15,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from sandbox.state import ENV_PG_DSN, ENV_S3_ACCESS_KEY, ENV_S3_SECRET_KEY, SandboxState, write_private
+from sandbox.state import (
+    ENV_PG_DSN,
+    ENV_S3_ACCESS_KEY,
+    ENV_S3_SECRET_KEY,
+    ENV_WEBHOOK_URL,
+    HA_DSN_ENV,
+    SandboxState,
+    write_private,
+)
 from tasks.config import EnvironmentConfig, format_validation_error
 from tasks.errors import ConfigError
 
@@ -82,6 +90,7 @@ def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, An
         **_kubernetes_part(state),
         **_clusters_part(state),
     }
+    doc.update(_dr_part(state, services=doc.get("services") or {}))
     if "services" in doc:  # the sample service `api` uses the fleet database
         doc["databases"]["fleet"]["apps"] = ["api"]
     return doc
@@ -116,12 +125,57 @@ def _clusters_part(state: SandboxState) -> dict[str, Any]:
     }}}
 
 
+def _dr_part(state: SandboxState, services: dict[str, Any]) -> dict[str, Any]:
+    """The replicated pair (sandbox/replication.py) as the `dr` section: pg-a preferred, DNS on
+    moto's Route53, the orders service repointed through its ConfigMap (once `services` has
+    it: sandbox/cluster.py seeds it); drills allowed."""
+    if not state.ha_nodes or state.ha_passfile is None:
+        return {}
+    from sandbox import replication
+    from sandbox.process import postgres_account, running_as_root
+
+    dr: dict[str, Any] = {
+        "os_user": postgres_account().pw_name if running_as_root() else None,
+        "pg_bin": str(state.pg_bin),
+        "preferred_primary": replication.PREFERRED,
+        "database": replication.DATABASE,
+        "replication": {"user": replication.REPLICATION_USER, "passfile": str(state.ha_passfile)},
+        "nodes": {
+            name: {"dsn": {"env": HA_DSN_ENV[name]}, "data_dir": node["data_dir"], "host": node["host"],
+                   "port": node["port"], "dns_name": node["dns_name"]}
+            for name, node in state.ha_nodes.items()
+        },
+        "lag": {"max_bytes": 16 * 2**20, "max_seconds": "30s"},
+        "fencing": {"method": "stop"},
+    }
+    if state.route53_zone_id is not None and state.dns_record is not None:
+        dr["dns"] = {
+            "zone_id": state.route53_zone_id, "record": state.dns_record, "ttl": replication.TTL,
+            "endpoint_url": state.s3_endpoint, "region": state.s3_region,
+            "access_key_id": {"env": ENV_S3_ACCESS_KEY}, "secret_access_key": {"env": ENV_S3_SECRET_KEY},
+        }
+    if "orders" in services:
+        dr["repoint"] = {"namespace": "sandbox", "kind": "configmap", "name": "orders-database",
+                         "host_key": "PGHOST", "port_key": "PGPORT", "services": ["orders"]}
+        dr["dr_site"] = {"namespace": "sandbox-dr", "deployments": {"orders": 2}}
+    dr.update({
+        "watch": {"failed_probes": 3, "probe_interval": "2s", "probe_timeout": "2s"},
+        "objectives": {"rto": "30m", "rpo": "1m"},
+    })
+    return {
+        "drills_allowed": True,
+        "notify": {"webhook": {"env": ENV_WEBHOOK_URL}, "severity": "SEV-1"},
+        "dr": dr,
+    }
+
+
 def _kubernetes_part(state: SandboxState) -> dict[str, Any]:
     if not state.kubeconfig or not state.webapp_url:
         return {}
     from sandbox.cluster import services_config
 
-    return {"kubernetes": {"kubeconfig": str(state.kubeconfig)}, "services": services_config(state.webapp_url)}
+    return {"kubernetes": {"kubeconfig": str(state.kubeconfig)},
+            "services": services_config(state.webapp_url, orders=bool(state.ha_nodes))}
 
 
 def environment_text(state: SandboxState, name: str = "sandbox") -> str:

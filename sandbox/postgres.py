@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -111,11 +112,12 @@ def _can_write(pg_dir: Path) -> bool:
     return True
 
 
-def init_cluster(pg_dir: Path, bin_dir: Path) -> Path:
-    """initdb a fresh cluster in `<pg_dir>/data` and write our pg_hba.conf and settings.
+def init_cluster(pg_dir: Path, bin_dir: Path, *, hba: str = PG_HBA, include: str = "sandbox.conf") -> Path:
+    """initdb a fresh cluster in `<pg_dir>/data` and write our pg_hba.conf (`hba`) and settings.
 
-    Returns the data directory. The port goes into `sandbox.conf` (see `set_port`),
-    which postgresql.conf includes, so a port clash can be fixed by rewriting it.
+    Returns the data directory. The port goes into `include` (see `set_port`; relative
+    to the data directory), which postgresql.conf includes, so a port clash can be fixed
+    by rewriting it.
     """
     data = pg_dir / "data"
     run(
@@ -137,32 +139,40 @@ def init_cluster(pg_dir: Path, bin_dir: Path) -> Path:
         cwd=pg_dir,
         timeout=120,
     )
-    _write_as_owner(data / "pg_hba.conf", PG_HBA)
+    write_as_owner(data / "pg_hba.conf", hba)
     with open(data / "postgresql.conf", "a") as conf:
-        conf.write("\n# Runbook Flows sandbox: settings and port live in sandbox.conf\ninclude = 'sandbox.conf'\n")
+        conf.write(f"\n# Runbook Flows sandbox: settings and port live in {include}\ninclude = {conf_quote(include)}\n")
     return data
 
 
-def set_port(data: Path, pg_dir: Path, port: int, *, archive_command: str | None = None) -> None:
-    """Write sandbox.conf: our settings, the TCP port and the socket directory.
+def set_port(
+    data: Path,
+    pg_dir: Path,
+    port: int,
+    *,
+    archive_command: str | None = None,
+    settings: Mapping[str, str] = SETTINGS,
+    conf_file: Path | None = None,
+) -> None:
+    """Write sandbox.conf (or `conf_file`): `settings`, the TCP port and the socket directory.
 
     `archive_command` (a shell command with %p, see pgbackrest.archive_command) is the
     primary's; without it archive_mode stays on and WAL waits in pg_wal until one is set.
     archive_mode needs a restart, so all of this must be in place before the first start."""
     lines = ["# Runbook Flows sandbox (written by sandbox/postgres.py)"]
-    lines += [f"{key} = {value}" for key, value in SETTINGS.items()]
+    lines += [f"{key} = {value}" for key, value in settings.items()]
     if archive_command is not None:
-        lines.append(f"archive_command = {_quote(archive_command)}")
-    lines += [f"port = {port}", f"unix_socket_directories = '{pg_dir}'"]
-    _write_as_owner(data / "sandbox.conf", "\n".join(lines) + "\n")
+        lines.append(f"archive_command = {conf_quote(archive_command)}")
+    lines += [f"port = {port}", f"unix_socket_directories = {conf_quote(str(pg_dir))}"]
+    write_as_owner(conf_file or data / "sandbox.conf", "\n".join(lines) + "\n")
 
 
-def _quote(value: str) -> str:
+def conf_quote(value: str) -> str:
     """A postgresql.conf string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _write_as_owner(path: Path, text: str) -> None:
+def write_as_owner(path: Path, text: str) -> None:
     """Write a config file the cluster's owner can read, whoever we are."""
     account = postgres_account()
     path.write_text(text)
@@ -235,7 +245,7 @@ def stop(
     """
     pid = postmaster_pid(data)
     if pid is None:
-        _remove_orphan_shm(data)
+        remove_orphan_shm(data)
         return None
     if bin_dir is not None and (bin_dir / "pg_ctl").is_file():
         for mode in modes:
@@ -254,11 +264,11 @@ def stop(
     wait_until(lambda: not pid_alive(pid), 10)
     if port is not None:
         wait_until(lambda: not port_open(HOST, port), 10)
-    _remove_orphan_shm(data)
+    remove_orphan_shm(data)
     return pid
 
 
-def _remove_orphan_shm(data: Path) -> None:
+def remove_orphan_shm(data: Path) -> None:
     """Remove the cluster's small System V shared memory segment if a crash left it behind.
 
     A clean shutdown removes it; after a SIGKILL it stays until the same data dir

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import PermanentError
+from tasks.errors import ConfigError, PermanentError
 
 STATE_FILE = "state.json"
 ENV_FILE = "sandbox.env"
@@ -21,6 +21,13 @@ MARKER_FILE = ".runbook-sandbox"  # written first by `up`: proves to `down` that
 ENV_PG_DSN = "RUNBOOK_SANDBOX_PG_DSN"
 ENV_S3_ACCESS_KEY = "RUNBOOK_SANDBOX_S3_ACCESS_KEY"
 ENV_S3_SECRET_KEY = "RUNBOOK_SANDBOX_S3_SECRET_KEY"
+# The replicated pair `ha` (sandbox/replication.py): dr_admin's libpq URI to each node, and
+# the app role's password. The webhook's URL is set by tests (sandbox/webhook.py), not by `up`.
+ENV_HA_PG_A_DSN = "RUNBOOK_SANDBOX_HA_PG_A_DSN"
+ENV_HA_PG_B_DSN = "RUNBOOK_SANDBOX_HA_PG_B_DSN"
+ENV_HA_APP_PASSWORD = "RUNBOOK_SANDBOX_HA_APP_PASSWORD"
+ENV_WEBHOOK_URL = "RUNBOOK_SANDBOX_WEBHOOK_URL"
+HA_DSN_ENV = {"pg-a": ENV_HA_PG_A_DSN, "pg-b": ENV_HA_PG_B_DSN}
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,20 @@ class SandboxState:
     tls_s3_url: str | None = None
     tls_pid: int | None = None
     tls_ca_file: Path | None = None
+    # The replicated pair `ha` (sandbox/replication.py), beside the main server, which DR
+    # flows fail over: ha_nodes maps "pg-a"/"pg-b" to {"dir", "data_dir", "log", "port",
+    # "host", "dns_name"} (strings and an int). Which node is primary is not recorded: flows
+    # change it; ask replication.role(). The Route53 zone on moto holds dns_record, a CNAME
+    # to the primary's dns_name. None in an older sandbox.
+    ha_dir: Path | None = None
+    ha_nodes: dict[str, dict[str, Any]] | None = None
+    ha_passfile: Path | None = None
+    ha_admin_password: str | None = field(default=None, repr=False)
+    ha_replicator_password: str | None = field(default=None, repr=False)
+    ha_app_password: str | None = field(default=None, repr=False)
+    route53_zone_id: str | None = None
+    dns_zone: str | None = None
+    dns_record: str | None = None
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -98,17 +119,32 @@ class SandboxState:
             "PGPASSWORD": self.pg_password,
         }
 
+    def ha_admin_dsn(self, node: str, dbname: str = "postgres") -> str:
+        """libpq URI for the superuser `dr_admin` to `dbname` on node `node` of the pair, password
+        included: keep it out of logs."""
+        if not self.ha_nodes or node not in self.ha_nodes:
+            known = ", ".join(sorted(self.ha_nodes or {})) or "none: the sandbox has no replicated pair"
+            raise ConfigError(f"node {node!r} is not in the replicated pair; known: {known}")
+        where = self.ha_nodes[node]
+        return f"postgresql://dr_admin:{self.ha_admin_password}@{where['host']}:{where['port']}/{dbname}"
+
     def secret_env(self) -> dict[str, str]:
         """The environment variables sandbox.yaml refers to, with their values."""
-        return {
+        env = {
             ENV_PG_DSN: self.pg_admin_dsn("postgres"),
             ENV_S3_ACCESS_KEY: self.s3_access_key,
             ENV_S3_SECRET_KEY: self.s3_secret_key,
         }
+        if self.ha_nodes:
+            env.update({var: self.ha_admin_dsn(node) for node, var in HA_DSN_ENV.items() if node in self.ha_nodes})
+            if self.ha_app_password:
+                env[ENV_HA_APP_PASSWORD] = self.ha_app_password
+        return env
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing messages."""
-        return [s for s in (self.pg_password, self.s3_secret_key, self.prefect_db_password) if s]
+        return [s for s in (self.pg_password, self.s3_secret_key, self.prefect_db_password, self.ha_admin_password,
+                            self.ha_replicator_password, self.ha_app_password) if s]
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -130,7 +166,7 @@ class SandboxState:
 
 _PATH_FIELDS = frozenset({
     "workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig", "proxy_kubeconfig",
-    "pgbackrest_config", "pgbackrest_restore_dir", "pgbackrest_posix_repo", "tls_ca_file",
+    "pgbackrest_config", "pgbackrest_restore_dir", "pgbackrest_posix_repo", "tls_ca_file", "ha_dir", "ha_passfile",
 })
 
 

@@ -526,8 +526,10 @@ class Schedules(Model):
     physical_incr: str = Field("0 * * * *", description="Cron for incremental physical backups (skipped by Prefect "
                                                        "while the full one runs: one backup per cluster at a time)")
     archive_health: str = Field("*/5 * * * *", description="Cron for the WAL archive's health check")
+    primary_watch: str = Field("* * * * *", description="Cron for primary_watch, which probes the primary of the "
+                                                       "dr pair")
 
-    @field_validator("backup", "restore_test", "physical_full", "physical_incr", "archive_health")
+    @field_validator("backup", "restore_test", "physical_full", "physical_incr", "archive_health", "primary_watch")
     @classmethod
     def _cron(cls, v: str) -> str:
         from prefect.client.schemas.schedules import CronSchedule
@@ -537,6 +539,220 @@ class Schedules(Model):
         except ValidationError:
             raise ValueError("a 5-field cron expression like '0 2 * * *'") from None
         return v
+
+
+# --- DR: a replicated pair, failover, drills ----------------------------------------------
+
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}\.?$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$")
+PG_SETTING_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def _hostname(v: str) -> str:
+    if not HOSTNAME_RE.match(v.lower()):
+        raise ValueError("a DNS name like db.example.internal")
+    return v.lower().rstrip(".")
+
+
+class DrNode(Model):
+    """One server of the replicated pair: how we reach it, and where it lives on its host."""
+
+    dsn: SecretRef = Field(description="Superuser connection string of this server (libpq URI or key=value)")
+    data_dir: str = Field(description="Its data directory on the database host (absolute path): fencing writes "
+                                      "standby.signal there, and a rebuild rewinds it")
+    host: str = Field(description="Address applications connect to (written to the app's ConfigMap or Secret)")
+    port: int = Field(ge=1, le=65535, description="Port applications connect to")
+    dns_name: str = Field(description="Its own DNS name: the database record points there while it is primary")
+    log_file: str | None = Field(None, description="pg_ctl's log when a rebuild starts it (absolute path); "
+                                                   "default: postgres.log beside the data directory")
+
+    @property
+    def log_path(self) -> str:
+        return self.log_file or str(Path(self.data_dir).parent / "postgres.log")
+
+    @field_validator("data_dir", "log_file")
+    @classmethod
+    def _data_dir(cls, v: str | None) -> str | None:
+        return _absolute_path(v)
+
+    @field_validator("dns_name")
+    @classmethod
+    def _dns_name(cls, v: str) -> str:
+        return _hostname(v)
+
+
+class ReplicationUser(Model):
+    """How a standby connects to its primary (primary_conninfo); the password is in a passfile on the host."""
+
+    user: str = Field(description="Role with REPLICATION")
+    passfile: str = Field(description="libpq passfile on the database host (absolute path), readable by the "
+                                      "PostgreSQL account")
+
+    @field_validator("passfile")
+    @classmethod
+    def _passfile(cls, v: str) -> str:
+        return str(_absolute_path(v))
+
+
+class LagLimits(Model):
+    """How far behind the standby may be for a failover to go ahead without force=True."""
+
+    max_bytes: int = Field(16 * 1024 * 1024, ge=0, description="WAL not yet replayed on the standby, in bytes")
+    max_seconds: Duration = Field(timedelta(seconds=60), description="Age of the newest replayed transaction "
+                                                                     "compared with the primary's last known one")
+
+
+class FencingConfig(Model):
+    """How the old primary is kept from accepting writes."""
+
+    method: Literal["read_only", "stop"] = Field(
+        "stop", description="read_only: default_transaction_read_only and its sessions ended; stop: also shut down "
+                            "after the standby has caught up. Either way standby.signal is written to its data "
+                            "directory, so it comes back read-only")
+    terminate_sessions: bool = Field(True, description="End the old primary's client sessions once it is read-only")
+
+
+class DnsConfig(Model):
+    """The database's DNS record in Route53: a CNAME to the current primary's dns_name."""
+
+    zone_id: str = Field(description="Route53 hosted zone id")
+    record: str = Field(description="Record name, like db.example.internal")
+    ttl: int = Field(30, ge=1, le=86400, description="TTL of the record, in seconds")
+    endpoint_url: str | None = Field(None, description="Route53 endpoint, for a sandbox")
+    region: str | None = Field(None, description="AWS region for the client")
+    access_key_id: SecretRef | None = Field(None, description="Access key id; default: the AWS credential chain")
+    secret_access_key: SecretRef | None = Field(None, description="Secret access key")
+    timeout: Duration = Field(timedelta(minutes=2), description="Upper bound on waiting for the change to be INSYNC")
+
+    @field_validator("record")
+    @classmethod
+    def _record(cls, v: str) -> str:
+        return _hostname(v)
+
+
+class RepointConfig(Model):
+    """Where the applications read the database's address, and which of them to restart."""
+
+    namespace: str = Field(description="Kubernetes namespace of the ConfigMap or Secret")
+    kind: Literal["configmap", "secret"] = Field(description="What holds the address")
+    name: str = Field(description="Its name")
+    host_key: str = Field("PGHOST", description="Key of the host")
+    port_key: str = Field("PGPORT", description="Key of the port")
+    services: list[str] = Field(min_length=1, description="Services restarted to pick up the new address")
+
+
+class DrSiteConfig(Model):
+    """The seeds' "deploy the app to the backup region": Deployments scaled up in a DR context."""
+
+    kubernetes: KubernetesConfig | None = Field(None, description="The DR cluster; default: the environment's")
+    namespace: str = Field(description="Namespace in the DR cluster")
+    deployments: dict[str, int] = Field(min_length=1, description="Deployment name -> replicas to scale up to")
+
+    @field_validator("deployments")
+    @classmethod
+    def _replicas(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, replicas in v.items():
+            if not 1 <= replicas <= REPLICAS_MAX:
+                raise ValueError(f"{name}: replicas {replicas} must be from 1 to {REPLICAS_MAX}")
+        return v
+
+
+class WatchConfig(Model):
+    """primary_watch: when a down primary starts a failover."""
+
+    failed_probes: int = Field(3, ge=2, le=60, description="Consecutive failed probes of the primary before a failover")
+    probe_interval: Duration = Field(timedelta(seconds=10), description="Time between probes")
+    probe_timeout: Duration = Field(timedelta(seconds=3), description="Connect timeout of each probe")
+
+    @model_validator(mode="after")
+    def _fits(self) -> WatchConfig:
+        # Each run is one minute's watch: its probes must fit before the next run starts.
+        span = self.failed_probes * (self.probe_interval + self.probe_timeout)
+        if span > timedelta(seconds=55):
+            raise ValueError(f"failed_probes x (probe_interval + probe_timeout) is {span.total_seconds():g}s; "
+                             "it must fit in one minute's run (55s)")
+        return self
+
+
+class NotifyConfig(Model):
+    """Where incident announcements go: a Slack-compatible incoming webhook."""
+
+    webhook: SecretRef = Field(description="The webhook URL (it carries its token, so it is a secret)")
+    channel: str | None = Field(None, description="Channel, for webhooks that accept one")
+    severity: str = Field("SEV-1", description="Severity in the incident template")
+    impact: str | None = Field(None, description="Impact line of the incident template")
+    update_every: Duration = Field(timedelta(minutes=30), description="Next Update: the seeds post every 30 minutes")
+    timeout: Duration = Field(timedelta(seconds=10), description="Timeout of each webhook request")
+
+
+class DrConfig(Model):
+    """A primary and its streaming standby, and what a failover repoints."""
+
+    nodes: dict[str, DrNode] = Field(description="The two servers, by name")
+    preferred_primary: str = Field(description="The node that is primary in the normal topology (a drill ends there)")
+    os_user: str | None = Field(None, description="OS account that owns the data directories; pg_ctl and pg_rewind "
+                                                  "run as it. Leave out to run as ourselves")
+    pg_bin: str = Field("/usr/lib/postgresql/15/bin", description="Folder of pg_ctl and pg_rewind on the host")
+    database: str = Field("postgres", description="Database of the write-and-read check (table runbook_heartbeat)")
+    replication: ReplicationUser
+    lag: LagLimits = Field(default_factory=LagLimits)
+    fencing: FencingConfig = Field(default_factory=FencingConfig)
+    dns: DnsConfig | None = None
+    repoint: RepointConfig | None = None
+    dr_site: DrSiteConfig | None = None
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    promote_timeout: Duration = Field(timedelta(seconds=60), description="Upper bound on promotion and on the "
+                                                                        "standby catching up in a switchover")
+    rebuild_timeout: Duration = Field(timedelta(minutes=30), description="Upper bound on a rewind or standby "
+                                                                       "restore, and on streaming starting")
+    pgbackrest: PgBackRestConfig | None = Field(None, description="The pair's stanza: a rebuild restores a standby "
+                                                                  "from it when pg_rewind cannot")
+    objectives: Objectives = Field(description="RTO: decision to application healthy; RPO: data lost")
+
+    @field_validator("nodes")
+    @classmethod
+    def _two(cls, v: dict[str, DrNode]) -> dict[str, DrNode]:
+        if len(v) != 2:
+            raise ValueError(f"exactly two nodes, a primary and its standby; got {len(v)}")
+        for name in v:
+            if not NAME_RE.match(name):
+                raise ValueError(f"node name {name!r}: lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("os_user")
+    @classmethod
+    def _os_user(cls, v: str | None) -> str | None:
+        if v is not None and not OS_USER_RE.match(v):
+            raise ValueError("an OS account name, like postgres")
+        return v
+
+    @field_validator("pg_bin")
+    @classmethod
+    def _pg_bin(cls, v: str) -> str:
+        return str(_absolute_path(v))
+
+    @model_validator(mode="after")
+    def _preferred(self) -> DrConfig:
+        if self.preferred_primary not in self.nodes:
+            raise ValueError(f"preferred_primary {self.preferred_primary!r} is not a node; known: "
+                             f"{', '.join(sorted(self.nodes))}")
+        return self
+
+    def node(self, name: str) -> DrNode:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(f"node {name!r} is not in the dr section; known: {', '.join(sorted(self.nodes))}") from None
+
+    def other(self, name: str) -> str:
+        """The other node of the pair."""
+        return next(n for n in self.nodes if n != name)
+
+    def check_secrets(self) -> None:
+        for node in self.nodes.values():
+            node.dsn.resolve()
+        for ref in (self.dns.access_key_id, self.dns.secret_access_key) if self.dns else ():
+            if ref is not None:
+                ref.resolve()
 
 
 class EnvironmentConfig(Model):
@@ -551,6 +767,11 @@ class EnvironmentConfig(Model):
     deploy_freeze: list[FreezeWindow] = Field(default_factory=list, description="When deploys are refused")
     clusters: dict[str, ClusterConfig] = Field(default_factory=dict, description="Clusters with physical backups "
                                                                                "and point-in-time recovery")
+    dr: DrConfig | None = Field(None, description="The replicated pair that dr_failover, rebuild_replica, "
+                                                  "primary_watch and dr_drill act on")
+    drills_allowed: bool = Field(False, description="dr_drill may run here: a game day switches the primary over "
+                                                    "and back")
+    notify: NotifyConfig | None = Field(None, description="Incident announcements (a Slack-compatible webhook)")
 
     @field_validator("name")
     @classmethod
@@ -586,6 +807,18 @@ class EnvironmentConfig(Model):
         except KeyError:
             known = ", ".join(sorted(self.clusters)) or "(none)"
             raise ConfigError(f"cluster {name!r} is not in environment {self.name!r}; known: {known}") from None
+
+    def check_dr_secrets(self) -> None:
+        """Every secret a DR runbook needs, before it changes anything. Not the webhook's: a
+        failover never waits on the incident channel (an announcement that cannot be sent is
+        a warning in the run's log)."""
+        self.dr_pair().check_secrets()
+
+    def dr_pair(self) -> DrConfig:
+        if self.dr is None:
+            raise ConfigError(f"environment {self.name!r} has no 'dr' section (the replicated pair a failover "
+                              "acts on); see docs/config.md")
+        return self.dr
 
     def service(self, name: str) -> ServiceConfig:
         try:
@@ -626,6 +859,14 @@ class EnvironmentConfig(Model):
             if db.migrations.job and db.migrations.job.service not in self.services:
                 raise ValueError(f"databases.{name}.migrations.job.service {db.migrations.job.service!r} is not a "
                                  f"service of this environment")
+        if self.dr is not None and self.dr.repoint is not None:
+            for svc in self.dr.repoint.services:
+                if svc not in self.services:
+                    raise ValueError(f"dr.repoint.services: {svc!r} is not a service of this environment; "
+                                     f"known: {', '.join(sorted(self.services)) or '(none)'}")
+        if self.dr is not None and (self.dr.repoint or self.dr.dr_site) and self.kubernetes is None \
+                and (self.dr.dr_site is None or self.dr.dr_site.kubernetes is None):
+            raise ValueError("dr.repoint and dr.dr_site need a 'kubernetes' section (kubeconfig, context)")
         if self.services and self.kubernetes is None:
             raise ValueError("services need a 'kubernetes' section (kubeconfig, context)")
         return self
@@ -675,6 +916,17 @@ def check_autoscaler(min_replicas: Any, max_replicas: Any, cpu_percent: Any) -> 
     if not _whole(cpu_percent) or not 1 <= cpu_percent <= CPU_PERCENT_MAX:
         raise ConfigError(f"cpu_percent {cpu_percent!r} must be from 1 to {CPU_PERCENT_MAX} "
                           "(a percentage of the pods' CPU requests)")
+
+
+REASON_MAX = 500
+
+
+def check_reason(reason: Any) -> str:
+    """Why a failover runs: it goes to the artifact, the approval page and the announcements."""
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
+        raise ConfigError(f"reason {reason!r} must be a sentence saying why (1 to {REASON_MAX} characters), "
+                          "like 'primary unreachable since 02:10, SEV-1 INC-123'")
+    return reason.strip()
 
 
 def check_revision(to_revision: Any) -> int | None:

@@ -25,6 +25,7 @@ a 409 conflict, which is how the API asks clients to resolve them.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -411,14 +412,16 @@ def wait_scaled_down(
         time.sleep(poll_s)
 
 
-def restart(api: client.ApiClient, namespace: str, name: str) -> str:
+def restart(api: client.ApiClient, namespace: str, name: str, annotations: Mapping[str, str] | None = None) -> str:
     """`kubectl rollout restart`: stamp the pod template with the time, so every pod is
-    replaced by a rolling update. Returns the stamp (RFC 3339)."""
+    replaced by a rolling update. `annotations` go on the template too (a failover names the
+    database the new pods connect to, so two restarts in one second still differ). Returns
+    the stamp (RFC 3339)."""
     dep = read_deployment(api, namespace, name)
     if (dep.get("spec") or {}).get("paused"):
         raise PermanentError(f"cannot restart {_describe(dep)}: it is paused; resume it first")
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}}
+    patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now, **(annotations or {})}}}}}
     with _calling("restart", "Deployment", namespace, name):
         client.AppsV1Api(api).patch_namespaced_deployment(
             name,
@@ -879,3 +882,35 @@ def _delete_job(api: client.ApiClient, namespace: str, name: str) -> None:
         except ApiException as exc:
             if not _is_not_found(exc):
                 raise
+
+
+def set_config_values(api: client.ApiClient, namespace: str, kind: str, name: str,
+                      values: Mapping[str, str]) -> bool:
+    """Set keys of a ConfigMap (`kind` "configmap") or a Secret ("secret"); other keys stay.
+    False when they hold those values already. A Secret's values are never logged or raised."""
+    core = client.CoreV1Api(api)
+    what = "ConfigMap" if kind == "configmap" else "Secret"
+    with _calling("read", what, namespace, name):
+        obj = (core.read_namespaced_config_map if kind == "configmap" else core.read_namespaced_secret)(
+            name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    data = dict(obj.data or {})
+    if kind == "secret":
+        wanted = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+    else:
+        wanted = dict(values)
+    if all(data.get(k) == v for k, v in wanted.items()):
+        return False
+    with _calling("patch", what, namespace, name):
+        patch = {"data": wanted}
+        if kind == "configmap":
+            core.patch_namespaced_config_map(name, namespace, patch, _request_timeout=REQUEST_TIMEOUT)
+        else:
+            core.patch_namespaced_secret(name, namespace, patch, _request_timeout=REQUEST_TIMEOUT)
+    return True
+
+
+def config_values(api: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
+    """A ConfigMap's data."""
+    with _calling("read", "ConfigMap", namespace, name):
+        obj = client.CoreV1Api(api).read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+    return dict(obj.data or {})

@@ -37,3 +37,9 @@ def physical(env: EnvironmentConfig, cluster: str) -> dict[str, int]:
     """One pgBackRest backup, expiry or restore of a cluster at a time (pgBackRest's own lock
     would refuse the second one; this makes it wait instead)."""
     return {artifact_key("pgbackrest", env.name, cluster): 1}
+
+
+def dr(env: EnvironmentConfig) -> dict[str, int]:
+    """One failover, switchover or rebuild of the environment's pair at a time: two would
+    fence or promote each other's nodes."""
+    return {artifact_key("dr", env.name): 1}

@@ -95,6 +95,11 @@ _RUN_NAMES: dict[str, Callable[[dict[str, Any]], str]] = {
                                + _opt(p.get("extract_database"), f", extract {p.get('extract_database')}")),
     "physical-restore-test": lambda p: f"physical-restore-test {p['cluster']} in {p['environment']}",
     "archive-health": lambda p: f"archive-health {p['cluster']} in {p['environment']}",
+    "dr-failover": lambda p: (("planned switchover" if p.get("planned") is True else "failover")
+                              + f" in {p['environment']}" + (" (forced)" if p.get("force") is True else "")),
+    "rebuild-replica": lambda p: f"rebuild-replica in {p['environment']}",
+    "primary-watch": lambda p: f"primary-watch in {p['environment']}",
+    "dr-drill": lambda p: f"dr-drill in {p['environment']}",
     "scale": lambda p: f"scale {p['service']} to {p['replicas']} in {p['environment']}",
     "restart": lambda p: f"restart {p['service']} in {p['environment']}",
     "autoscale": lambda p: (f"autoscale {p['service']} {p['min']}-{p['max']} at {p['cpu_percent']}% cpu "

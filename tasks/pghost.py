@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tasks import postgres
 from tasks.config import ClusterConfig
@@ -27,7 +28,15 @@ from tasks.redact import scrub
 OUTPUT_TAIL = 2000  # characters of a failed program's output kept in the error
 
 
-def as_account(cluster: ClusterConfig, argv: Sequence[str]) -> list[str]:
+class Host(Protocol):
+    """What running a program on the database host needs: the account that owns the data
+    (a cluster's or the DR pair's config)."""
+
+    @property
+    def os_user(self) -> str | None: ...
+
+
+def as_account(cluster: Host, argv: Sequence[str]) -> list[str]:
     """argv run as the cluster's OS account: as is when we are it (or none is set), through
     runuser when we are root, through `sudo -n` otherwise."""
     user = cluster.os_user
@@ -38,7 +47,7 @@ def as_account(cluster: ClusterConfig, argv: Sequence[str]) -> list[str]:
     return ["sudo", "-n", "-u", user, "--", *argv]
 
 
-def run(cluster: ClusterConfig, argv: Sequence[str], *, what: str, timeout: float,
+def run(cluster: Host, argv: Sequence[str], *, what: str, timeout: float,
         env: Mapping[str, str] | None = None, as_owner: bool = True, clean_env: bool = False) -> str:
     """Run a program on the host and return its stdout; PermanentError with the tail of its
     output when it fails, TransientError when it takes longer than `timeout`."""
@@ -78,7 +87,7 @@ class Running:
                 continue
 
 
-def spawn(cluster: ClusterConfig, argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
+def spawn(cluster: Host, argv: Sequence[str], *, what: str, env: Mapping[str, str] | None = None,
           as_owner: bool = True, clean_env: bool = False) -> Running:
     full = as_account(cluster, argv) if as_owner else list(argv)
     try:
@@ -143,7 +152,7 @@ def host_of(cluster: ClusterConfig) -> str:
     return primary(cluster).params.get("host") or "127.0.0.1"
 
 
-def postmaster_pid(cluster: ClusterConfig, data_dir: str) -> int | None:
+def postmaster_pid(cluster: Host, data_dir: str) -> int | None:
     """The pid in `<data_dir>/postmaster.pid` if that process is alive, else None."""
     path = Path(data_dir) / "postmaster.pid"
     try:
@@ -177,7 +186,7 @@ def running_port(cluster: ClusterConfig, data_dir: str) -> int | None:
     return int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
 
 
-def exists(cluster: ClusterConfig, path: str) -> bool:
+def exists(cluster: Host, path: str) -> bool:
     try:
         run(cluster, ["test", "-e", path], what=f"looking for {path}", timeout=15)
     except ProgramFailed:
@@ -225,7 +234,7 @@ def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instanc
     return Instance(data_dir, port, log)
 
 
-def log_tail(cluster: ClusterConfig, log: str, lines: int = 8) -> str:
+def log_tail(cluster: Host, log: str, lines: int = 8) -> str:
     try:
         return " | ".join(run(cluster, ["tail", "-n", str(lines), log], what=f"reading {log}",
                               timeout=15).strip().splitlines())

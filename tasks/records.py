@@ -16,6 +16,7 @@ from typing import Any
 
 from tasks.backups import Manifest
 from tasks.checks import Check
+from tasks.errors import PolicyRefused
 from tasks.migration_plan import Applied, Migration, Plan
 from tasks.naming import RestoreNames
 from tasks.redact import scrub
@@ -211,6 +212,61 @@ class ClusterRecord(RunRecord):
         self.figures["data directory"] = restored["instance"].data_dir
         self.figures["found on the host"] = restored["found"]
         self.timings.update(restored["timings"])
+
+    def failed_checks(self) -> str | None:
+        bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+        return "; ".join(bad) if bad else None
+
+
+# --- DR: failover, rebuild, watch, drill ------------------------------------------------------
+
+
+@dataclass
+class DrRecord(RunRecord):
+    """What a DR runbook did to the pair: a timeline of its steps, the assessment before any
+    change, the decision, and the measured RTO and RPO."""
+
+    runbook: str  # dr-failover | rebuild-replica | primary-watch | dr-drill
+    environment: str
+    reason: str = ""
+    planned: bool = False
+    force: bool = False
+    approver: str | None = None
+    assessment: dict[str, Any] = field(default_factory=dict)
+    decision: str | None = None
+    decided_at: str | None = None  # ISO time: the RTO clock starts here
+    healthy_at: str | None = None  # ISO time: the application answers healthy through the new primary
+    old_primary: str | None = None
+    new_primary: str | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # {"at", "step", "detail"}
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # probes (watch) or runs (drill)
+
+    def assessed(self, old_primary: str, target: str, at: str, figures: dict[str, Any]) -> None:
+        self.old_primary, self.new_primary, self.assessment = old_primary, target, figures
+        self.step(at, "assessed", f"{figures.get('data at risk (bytes)')} bytes at risk")
+
+    def fail(self, exc: BaseException) -> None:
+        super().fail(exc)
+        if isinstance(exc, PolicyRefused):
+            self.outcome = "refused"
+
+    def step(self, at: str, step: str, detail: str) -> None:
+        self.timeline.append({"at": at, "step": step, "detail": scrub(detail)})
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None and all(c.passed for c in self.checks)
+
+    @property
+    def rto_seconds(self) -> float | None:
+        from datetime import datetime
+
+        if not self.decided_at or not self.healthy_at:
+            return None
+        return round((datetime.fromisoformat(self.healthy_at) - datetime.fromisoformat(self.decided_at))
+                     .total_seconds(), 3)
 
     def failed_checks(self) -> str | None:
         bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]

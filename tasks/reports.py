@@ -28,7 +28,7 @@ from tasks.config import EnvironmentConfig, ServiceConfig
 from tasks.migration_plan import HISTORY_TABLE, result_rows
 from tasks.naming import artifact_key
 from tasks.pgbackrest import PhysicalBackup, StanzaInfo
-from tasks.records import ClusterRecord, DeployRecord, MigrationRecord, RestoreRecord
+from tasks.records import ClusterRecord, DeployRecord, DrRecord, MigrationRecord, RestoreRecord
 from tasks.retention import RetentionPlan
 
 LOG_CHARS = 20_000  # of a Job's log kept in a report: the end, where the error is
@@ -572,3 +572,160 @@ def cluster(rec: ClusterRecord) -> Report:
         "checks": {c.name: c.passed for c in rec.checks}, "timings": rec.timings, "error": report.failure,
     }))
     return report
+
+
+# --- DR -----------------------------------------------------------------------------------------
+
+_DR_SUBJECTS = {
+    "dr-failover": "{kind} of `{e}`",
+    "rebuild-replica": "Rebuild of the standby in `{e}`",
+    "primary-watch": "Primary watch of `{e}`",
+    "dr-drill": "DR drill of `{e}`",
+}
+_DR_PASS = {"dr-failover": "SUCCEEDED", "rebuild-replica": "SUCCEEDED", "primary-watch": "OK", "dr-drill": "PASSED"}
+
+
+def _dr_outcome(rec: DrRecord) -> str:
+    if rec.outcome == "cancelled":
+        return "CANCELLED"
+    if rec.outcome == "running":
+        return "ASSESSED" if rec.runbook == "dr-failover" else "RUNNING"
+    if rec.outcome == "refused":
+        return "REFUSED"
+    return _DR_PASS[rec.runbook] if rec.passed else "FAILED"
+
+
+def dr(rec: DrRecord) -> Report:
+    """The report of a DR runbook: its figures, the assessment, the timeline, checks, and a
+    `runbook.dr.<runbook>.<outcome>` event (steps emit their own `runbook.dr.*` as they happen)."""
+    kind = "Planned switchover" if rec.planned else "Failover"
+    outcome = _dr_outcome(rec)
+    figures: list[tuple[str, Any]] = [("reason", rec.reason)] if rec.reason else []
+    if rec.runbook == "dr-failover":
+        figures += [("planned", rec.planned), ("force", rec.force), ("old primary", rec.old_primary),
+                    ("new primary", rec.new_primary), ("decision", rec.decision), ("approver", rec.approver or "-"),
+                    ("RTO seconds (decision to application healthy)", rec.rto_seconds)]
+    figures += list(rec.figures.items())
+    report = Report(artifact_key(rec.runbook, rec.environment), _DR_SUBJECTS[rec.runbook].format(kind=kind,
+                    e=rec.environment), outcome, failure=rec.failure or rec.failed_checks(), notes=list(rec.notes),
+                    figures=figures, checks=list(rec.checks), timings=dict(rec.timings))
+    if rec.assessment:
+        report.sections.append(Section("Assessment, before any change",
+                                       rows=[{"figure": k, "value": v} for k, v in rec.assessment.items()]))
+    if rec.timeline:
+        report.sections.append(Section("Timeline (UTC)", rows=rec.timeline, columns=["at", "step", "detail"]))
+    if rec.rows:
+        report.sections.append(Section("Probes" if rec.runbook == "primary-watch" else "Runs", rows=rec.rows))
+    word = outcome.lower().replace(" ", "-")
+    report.events.append(Event(f"runbook.dr.{rec.runbook.removeprefix('dr-')}.{word}",
+                               f"runbook.dr.{rec.environment}", {
+        "environment": rec.environment, "reason": rec.reason, "planned": rec.planned, "force": rec.force,
+        "old_primary": rec.old_primary, "new_primary": rec.new_primary, "rto_seconds": rec.rto_seconds,
+        "figures": {k: str(v) for k, v in rec.figures.items()}, "checks": {c.name: c.passed for c in rec.checks},
+        "error": report.failure,
+    }))
+    return report
+
+
+def assessment_figures(a: Any) -> dict[str, Any]:
+    """The assessment as the artifact shows it: who, how far behind, how sure."""
+    from tasks.failover import lsn_text
+
+    return {
+        "old primary": a.old_primary, "target (standby)": a.target,
+        "primary reachable": a.primary_reachable,
+        "primary LSN": f"{lsn_text(a.primary_lsn)} ({a.primary_lsn_source})" if a.primary_lsn is not None else
+        "unknown",
+        "standby received LSN": lsn_text(a.receive_lsn), "standby replayed LSN": lsn_text(a.replay_lsn),
+        "data at risk (bytes)": a.bytes_at_risk if a.bytes_at_risk is not None else "unknown",
+        "data at risk (seconds)": a.seconds_at_risk if a.seconds_at_risk is not None else "unknown",
+        "standby timeline": a.timeline, "assessed at": a.assessed_at.isoformat(),
+        "primary last seen": a.primary_seen_at.isoformat() if a.primary_seen_at else "unknown",
+    }
+
+
+def dr_question(env: str, rec: DrRecord, down_since: datetime | None, now: datetime) -> str:
+    """The approval page of a failover: the assessment, and how long the primary has been down."""
+    a = rec.assessment
+    down = (f" The primary has been down since {down_since:%H:%M:%S} UTC ({(now - down_since).total_seconds():.0f} s "
+            "when this was asked)." if down_since else "")
+    kind = "a planned switchover" if rec.planned else "a failover"
+    return (f"Approve {kind} in {env}: promote {rec.new_primary} in place of {rec.old_primary}.{down} "
+            f"Data at risk: {a.get('data at risk (bytes)')} bytes, {a.get('data at risk (seconds)')} s. "
+            f"Decision: {rec.decision}. Reason: {rec.reason}")
+
+
+def rpo_figures(a: Any, fenced: Any, promoted: Any) -> dict[str, Any]:
+    """RPO measured from the LSNs: what the primary had (its final LSN once fenced, else the
+    newest known) against what the standby had replayed when it was promoted."""
+    from tasks.failover import lsn_text, rpo_bytes
+
+    reference = fenced.final_lsn if fenced.final_lsn is not None else a.primary_lsn
+    lost = rpo_bytes(reference, promoted.replay_lsn)
+    seconds = 0.0 if lost == 0 else a.seconds_at_risk
+    return {"RPO bytes (WAL not replayed when promoted)": lost if lost is not None else "unknown",
+            "RPO seconds": seconds if seconds is not None else "unknown",
+            "primary's final LSN": lsn_text(reference), "promoted at LSN": lsn_text(promoted.replay_lsn),
+            "new timeline": promoted.timeline,
+            "promoted by this attempt": promoted.promoted_now}
+
+
+def dr_summary(rec: DrRecord, artifact: str) -> dict[str, Any]:
+    """What a DR flow returns: the figures a caller (a drill, CI, the demo) compares."""
+    rpo = rec.figures.get("RPO bytes (WAL not replayed when promoted)")
+    return {"runbook": rec.runbook, "environment": rec.environment, "planned": rec.planned,
+            "old_primary": rec.old_primary, "new_primary": rec.new_primary, "rto_seconds": rec.rto_seconds,
+            "rpo_bytes": rpo if isinstance(rpo, int) else None,
+            "rpo_seconds": rec.figures.get("RPO seconds") if isinstance(rpo, int) else None,
+            "outcome": rec.outcome, "artifact": artifact}
+
+
+def dr_announcement(env: EnvironmentConfig, rec: DrRecord, phase: str) -> Any:
+    """The incident template for a failover's start, its decision and its end."""
+    from datetime import timedelta
+
+    from tasks.notify import Announcement
+
+    kind = "Planned switchover" if rec.planned else "Database failover"
+    what = f"{kind} in {env.name}: {rec.old_primary} -> {rec.new_primary}"
+    a = rec.assessment
+    details = [f"Reason: {rec.reason}", f"Data at risk: {a.get('data at risk (bytes)')} bytes, "
+                                        f"{a.get('data at risk (seconds)')} s"]
+    assessed = datetime.fromisoformat(a["assessed at"]) if a.get("assessed at") else None
+    next_update = assessed + env.notify.update_every if assessed and env.notify else None
+    if phase == "started":
+        return Announcement(what, "Investigating", details=details, next_update=next_update)
+    if phase == "decided":
+        return Announcement(what, "Identified" if (rec.decision or "").startswith("go") else "Refused",
+                            details=[*details, f"Decision: {rec.decision}"], next_update=next_update)
+    if rec.outcome == "succeeded":
+        return Announcement(what, "Resolved", resolved=True, details=details,
+                            duration=timedelta(seconds=rec.rto_seconds or 0),
+                            root_cause=rec.reason, fix_applied=f"promoted {rec.new_primary}; applications and DNS "
+                                                               f"repointed (RTO {rec.rto_seconds} s, "
+                                                               f"RPO {rec.figures.get('RPO bytes (WAL not replayed when promoted)')} bytes)")
+    return Announcement(what, "Failed" if rec.outcome != "refused" else "Refused",
+                        details=[*details, f"Outcome: {rec.outcome}: {rec.failure}"], next_update=next_update)
+
+
+def probe_rows(probes: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"at": p.at.isoformat(), "answered": "yes" if p.ok else "NO", "detail": p.detail} for p in probes]
+
+
+def watch_reason(primary: str, verdict: Any, probes: Sequence[Any]) -> str:
+    """A failover's reason when primary_watch starts it: the probe history."""
+    history = ", ".join(f"{p.at:%H:%M:%S} {'ok' if p.ok else p.detail[:60]}" for p in probes[-6:])
+    return f"primary_watch: {primary} down since {verdict.down_since:%H:%M:%S} UTC; {verdict.reason}. Probes: {history}"
+
+
+def drill_row(label: str, switched: dict[str, Any], rebuilt: dict[str, Any]) -> dict[str, Any]:
+    return {"label": label, "from": switched.get("old_primary"), "to": switched.get("new_primary"),
+            "rto_seconds": switched.get("rto_seconds"), "rpo_bytes": switched.get("rpo_bytes"),
+            "rpo_seconds": switched.get("rpo_seconds"), "rebuilt": rebuilt.get("old_primary")}
+
+
+def drill_figures(rows: Sequence[dict[str, Any]], objectives: Any) -> dict[str, Any]:
+    rtos = [r["rto_seconds"] for r in rows if isinstance(r.get("rto_seconds"), int | float)]
+    return {"RTO objective": f"{objectives.rto.total_seconds():g} s", "RPO objective":
+            f"{objectives.rpo.total_seconds():g} s", "worst measured RTO (s)": max(rtos) if rtos else "unknown",
+            "worst measured RPO (bytes)": max((r.get("rpo_bytes") or 0) for r in rows) if rows else "unknown"}

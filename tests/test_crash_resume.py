@@ -39,10 +39,11 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from deployments.automations import ensure_automations
 from flows.backup import backup_database
 from flows.deploy import deploy
+from flows.dr_failover import dr_failover
 from flows.physical_backup import physical_backup
 from flows.pitr_restore import pitr_restore
 from flows.restore_database import restore_database
-from sandbox import orchestration
+from sandbox import orchestration, replication
 from sandbox.cluster import GOOD_IMAGE, NAMESPACE
 from sandbox.environment import environment_dict, through_proxies
 from sandbox.faultproxy import FaultProxyClient
@@ -50,7 +51,7 @@ from sandbox.orchestration import PrefectServer, Worker
 from tasks import backups, postgres
 from tasks.config import load_environment
 from tasks.storage import open_storage
-from tests.cluster_state import rolled_out
+from tests.cluster_state import put_back_pair, rolled_out
 
 pytestmark = pytest.mark.scenario
 
@@ -58,7 +59,7 @@ POOL = "runbook-crash-tests"
 ENV = "crash"
 SILENT_AFTER = timedelta(seconds=40)
 KILL_AT = {"deploy": "deploy.after-set-image", "restore": "restore.after-swap", "backup": "backup.before-manifest",
-           "pitr": "physical-restore.instance-started"}
+           "pitr": "physical-restore.instance-started", "dr": "dr.before-repoint"}
 FINISHED_WITHIN = 300.0  # crash detection (<= 70 s) + a dead lease running out (<= 60 s) + the work
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 
@@ -111,7 +112,8 @@ def stack(sandbox: Any, environments_dir: Path, tmp_path_factory: pytest.TempPat
             for fl, entrypoint in ((deploy, "flows/deploy.py:deploy"),
                                    (restore_database, "flows/restore_database.py:restore_database"),
                                    (backup_database, "flows/backup.py:backup_database"),
-                                   (pitr_restore, "flows/pitr_restore.py:pitr_restore")):
+                                   (pitr_restore, "flows/pitr_restore.py:pitr_restore"),
+                                   (dr_failover, "flows/dr_failover.py:dr_failover")):
                 deployments[fl.name] = fl.from_source(source=str(orchestration.REPO_ROOT), entrypoint=entrypoint).deploy(
                     name=ENV, work_pool_name=POOL, tags=["runbook", fl.name, ENV], print_next_steps=False,
                     ignore_warnings=True, job_variables={"command": f"{sys.executable} -m prefect.engine"})
@@ -285,6 +287,8 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
         kube.clear_log()
     web, web_replicas = live_web(apps)
     original_pgbench = database_oids(sandbox, "pgbench")["pgbench"]
+    put_back_pair(sandbox)
+    promotions_before = promotions(sandbox, "pg-b")
     first = stack.worker("first", faults=",".join(f"{p}:hang" for p in KILL_AT.values()))
     logs = [first.log, stack.root / "second.log"]
     second = None
@@ -295,6 +299,7 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
             "deploy": start_run(stack, "deploy", environment=ENV, service="api", image="sandbox/app:v2"),
             "restore": start_run(stack, "restore-database", environment=ENV, database="pgbench", mode="swap"),
             "backup": start_run(stack, "backup-database", environment=ENV, database="fleet"),
+            "dr": start_run(stack, "dr-failover", environment=ENV, reason="crash test: switchover", planned=True),
         }
         answer_confirmation(stack, runs["restore"], "pgbench", logs)
         pids = {what: wait_for(f"the {what} stops at {point}", lambda p=point: signalled(stack, p), 180, logs)
@@ -351,11 +356,28 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
         assert restores_into(sandbox, running[0]) == 1, "pgbackrest restore ran again into the same directory"
         pitr_report = latest_report(stack, f"pitr-restore-{ENV}-main")
         assert "a running instance, adopted" in pitr_report and "Attempt 2 of this flow run" in pitr_report
+
+        # dr: killed between the promotion and the repoint; promoted once, then repointed
+        assert replication.role(sandbox, "pg-b") == "primary"
+        assert promotions(sandbox, "pg-b") - promotions_before == 1, "pg-b was promoted twice"
+        dr_report = latest_report(stack, f"dr-failover-{ENV}")
+        assert "Attempt 2 of this flow run" in dr_report and "SUCCEEDED" in dr_report
+        assert "promoted by this attempt | False" not in dr_report  # the promotion's record was reused
+        with config.new_client_from_config(str(sandbox.kubeconfig)) as api:
+            cm = client.CoreV1Api(api).read_namespaced_config_map("orders-database", NAMESPACE)
+        assert cm.data["PGPORT"] == str(sandbox.ha_nodes["pg-b"]["port"])
     finally:
         first.kill()
         if second is not None:
             second.stop()
         discard_restored_instances(sandbox)
+        put_back_pair(sandbox)
+
+
+def promotions(sandbox: Any, node: str) -> int:
+    """How many times the node's log says it was promoted."""
+    log = Path(sandbox.ha_nodes[node]["log"])
+    return log.read_text(errors="replace").count("selected new timeline ID") if log.exists() else 0
 
 
 # --- cancels ------------------------------------------------------------------------------------------

@@ -11,6 +11,16 @@ A new pod is bound to the node at once, then follows the image rule of each cont
 - Pods owned by a Job run for `duration` seconds, then terminate with the rule's exit code
   (phase Succeeded or Failed).
 
+A container's environment (`env`, `envFrom`: `podenv.py`) is resolved once, when it starts,
+from the ConfigMaps and Secrets of that moment: a later change to them reaches only pods
+started afterwards, so a rollout restart is what applies it, as in a real cluster. A missing
+ConfigMap, Secret or key (not optional) keeps the container waiting in
+CreateContainerConfigError; the kubelet retries every pass and starts it once they exist.
+The pod then carries what was resolved in two annotations (JSON, per container name):
+`sandbox.runbook.dev/env` the literal and ConfigMap-sourced values, and
+`sandbox.runbook.dev/env-secrets` where each Secret-sourced variable comes from
+(`{"VAR": {"secret": NAME, "key": KEY}}`), never a Secret's value.
+
 Logs are made up from the image and the rule and served by the API at .../pods/NAME/log.
 """
 
@@ -18,16 +28,19 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.kube import clock, errors, resources
+from sandbox.kube import clock, errors, podenv, resources
 from sandbox.kube.events import EventRecorder
 from sandbox.kube.registry import Registry
 from sandbox.kube.rules import ImageRule, ImageRules
 
 PODS = resources.storage_resource("Pod")
+CONFIGMAPS = resources.storage_resource("ConfigMap")
+SECRETS = resources.storage_resource("Secret")
 NODE_NAME = "sandbox-node"
 HOST_IP = "10.0.0.10"
 
@@ -42,6 +55,11 @@ class PodRuntime:
     rules: dict[str, ImageRule]
     images: dict[str, str]
     events_sent: set[str] = field(default_factory=set)
+    # When each container started (its environment resolved); absent while it waits in
+    # CreateContainerConfigError, whose message is in config_errors.
+    started: dict[str, float] = field(default_factory=dict)
+    env: dict[str, podenv.ContainerEnv] = field(default_factory=dict)
+    config_errors: dict[str, str] = field(default_factory=dict)
 
 
 def _digest(text: str) -> str:
@@ -98,6 +116,8 @@ class Kubelet:
         runtime = self._pods.get(pod["metadata"]["uid"])
         if runtime is None:
             runtime = self._admit(pod, now)
+        if len(runtime.started) < len(runtime.images):
+            pod = self._start_containers(pod, runtime, now)
         status = self._status(pod, runtime, now)
         self._record_events(pod, runtime, status)
         if status != pod.get("status"):
@@ -121,6 +141,46 @@ class Kubelet:
         self._pods[pod["metadata"]["uid"]] = runtime
         return runtime
 
+    def _start_containers(self, pod: Obj, runtime: PodRuntime, now: float) -> Obj:
+        """Resolve the environment of each container not started yet; a container whose
+        ConfigMap, Secret or key is missing stays waiting. Writes the env annotations when a
+        container with an environment started."""
+        namespace = pod["metadata"]["namespace"]
+
+        def lookup(source: podenv.Source, name: str) -> dict[str, str] | None:
+            obj = self.registry.try_get(CONFIGMAPS if source == "ConfigMap" else SECRETS, namespace, name)
+            return None if obj is None else dict(obj.get("data") or {})
+
+        resolved = False
+        for c in pod["spec"].get("containers") or []:
+            name = c["name"]
+            if name in runtime.started:
+                continue
+            try:
+                env = podenv.resolve(c, namespace, lookup)
+            except podenv.ConfigError as exc:
+                runtime.config_errors[name] = str(exc)
+                continue
+            runtime.config_errors.pop(name, None)
+            runtime.started[name] = now  # the pod's scheduled_at, unless it waited on its config
+            if podenv.uses_env(c):
+                runtime.env[name] = env
+                resolved = True
+        if not resolved:
+            return pod
+        values = {n: e.values for n, e in runtime.env.items()}
+        secrets = {
+            n: {k: r.to_json() for k, r in e.secrets.items()} for n, e in runtime.env.items() if e.secrets
+        }
+
+        def annotate(p: Obj) -> None:
+            annotations = p["metadata"].setdefault("annotations", {})
+            annotations[podenv.ENV_ANNOTATION] = json.dumps(values, sort_keys=True)
+            if secrets:
+                annotations[podenv.ENV_SECRETS_ANNOTATION] = json.dumps(secrets, sort_keys=True)
+
+        return self.registry.mutate(PODS, namespace, pod["metadata"]["name"], annotate)
+
     # --- status -------------------------------------------------------------------
 
     def _delay(self, rule: ImageRule) -> float:
@@ -130,7 +190,6 @@ class Kubelet:
         rule, image = runtime.rules[name], runtime.images[name]
         elapsed = now - runtime.scheduled_at
         delay = self._delay(rule)
-        started_at = clock.rfc3339(runtime.scheduled_at + delay)
         status: Obj = {
             "name": name,
             "image": image,
@@ -159,6 +218,20 @@ class Kubelet:
                     "waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
                 }
             return status
+        start = runtime.started.get(name)
+        if start is None:
+            if elapsed < delay:
+                status["state"] = {"waiting": {"reason": "ContainerCreating"}}
+            else:
+                status["state"] = {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": runtime.config_errors[name],
+                    }
+                }
+            return status
+        elapsed = now - start
+        started_at = clock.rfc3339(start + delay)
         if elapsed < delay:
             status["state"] = {"waiting": {"reason": "ContainerCreating"}}
             return status
@@ -174,14 +247,14 @@ class Kubelet:
                         "exitCode": code,
                         "reason": "Completed" if code == 0 else "Error",
                         "startedAt": started_at,
-                        "finishedAt": clock.rfc3339(runtime.scheduled_at + delay + duration),
+                        "finishedAt": clock.rfc3339(start + delay + duration),
                         "containerID": pulled["containerID"],
                     }
                 }
             return status
         if rule.pod == "CrashLoopBackOff":
             restarts = 1 + int((elapsed - delay) / self.crash_interval)
-            last_start = runtime.scheduled_at + delay + (restarts - 1) * self.crash_interval
+            last_start = start + delay + (restarts - 1) * self.crash_interval
             status["restartCount"] = restarts
             status["state"] = {
                 "waiting": {
@@ -219,7 +292,15 @@ class Kubelet:
         ready = all(c["ready"] for c in containers) and phase == "Running"
         unready = [c["name"] for c in containers if not c["ready"]]
         old = pod.get("status") or {}
-        sandbox_ready = any(c.get("containerID") for c in containers) or phase != "Pending"
+        # A container waiting on its config has its sandbox already (the image was pulled).
+        sandbox_ready = (
+            any(c.get("containerID") for c in containers)
+            or phase != "Pending"
+            or any(
+                (c["state"].get("waiting") or {}).get("reason") == "CreateContainerConfigError"
+                for c in containers
+            )
+        )
 
         def cond(type_: str, ok: bool, reason: str | None = None, message: str | None = None) -> Obj:
             status = "True" if ok else "False"
@@ -282,6 +363,15 @@ class Kubelet:
                         f'Back-off pulling image "{image}"',
                     )
                 continue
+            if waiting == "CreateContainerConfigError":
+                self._once(
+                    pod,
+                    runtime,
+                    f"config/{c['name']}",
+                    "Warning",
+                    "Failed",
+                    f"Error: {state['waiting']['message']}",
+                )
             if c.get("containerID"):
                 self._once(
                     pod,
@@ -348,7 +438,7 @@ class Kubelet:
                 f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
             )
         rule, image = runtime.rules[container], runtime.images[container]
-        start = runtime.scheduled_at + self._delay(rule)
+        start = runtime.started.get(container, runtime.scheduled_at) + self._delay(rule)
         if previous:
             if "terminated" not in (status.get("lastState") or {}):
                 raise errors.BadRequest(

@@ -6,6 +6,9 @@ backend names (its default backend, else its first rule's first path).
 
     GET /svc/NS/SVC/health     200 {"status": "ok", "versions": {IMAGE: PODS}, "pods": N}
                                503 {"status": "unhealthy" | "unavailable", "reason": ..., ...}
+                               pods with PGHOST in their environment: also the database
+                               each points at must answer and be writable (database.py);
+                               "databases": {"HOST:PORT": "ok" | "read-only" | "unreachable"}
     GET /svc/NS/SVC/metrics    JSON: cumulative requests and errors, the window's error rate
                                and latency p50/p95/p99 (ms), per version too;
                                ?format=prometheus for Prometheus text
@@ -41,6 +44,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from sandbox.webapp.behaviour import VersionBehaviours
+from sandbox.webapp.database import CredentialsProblem, DatabaseChecker, database_verdict, decode_secret
 from sandbox.webapp.traffic import Routing, ServiceTraffic, health_verdict, ingress_backend, routed_versions
 
 Kind = Literal["svc", "ing"]
@@ -105,6 +109,14 @@ class KubeReader:
             ).json()["items"]
         return routed_versions(svc.json(), pods, label)
 
+    def secret(self, client: httpx.Client, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's data, decoded; None if there is no such Secret."""
+        secret = client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        if secret.status_code == 404:
+            return None
+        secret.raise_for_status()
+        return decode_secret(secret.json())
+
 
 @dataclass
 class Tracked:
@@ -125,8 +137,11 @@ class WebApp:
         rate: float = 50.0,
         window: float = 5.0,
         refresh: float = 0.1,
+        database_timeout: float = 1.0,
+        database_ttl: float = 0.5,
     ) -> None:
         self.kube = KubeReader(kube_url, token)
+        self.databases = DatabaseChecker(timeout=database_timeout, ttl=database_ttl)
         self.behaviours = VersionBehaviours(behaviours, conventions=tag_conventions)
         self.rate = rate
         self.window = window
@@ -207,7 +222,18 @@ class WebApp:
         self.track(target)
         routing = await run_in_threadpool(self._read, self._client, target)
         code, body = health_verdict(routing, self.behaviours)
+        if routing.databases and not routing.problem:
+            results = {
+                db.address: await self.databases.check(db, self._read_secret) for db in routing.databases
+            }
+            code, body = database_verdict(code, body, results)
         return JSONResponse({**target.names(routing), **body}, status_code=code)
+
+    async def _read_secret(self, namespace: str, name: str) -> Mapping[str, str] | None:
+        try:
+            return await run_in_threadpool(self.kube.secret, self._client, namespace, name)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise CredentialsProblem(f"cannot read secret {namespace}/{name}: {exc}") from None
 
     async def serve(self, kind: Kind, request: Request) -> Response:
         target = self._target(kind, request)

@@ -2,7 +2,8 @@
 
 `ingress_backend` names the Service an Ingress sends traffic to. `routed_versions` reads
 which images the Service sends traffic to (its selector against Ready pods' labels, as the
-endpoints controller does). `health_verdict` turns that and the
+endpoints controller does), and the databases those pods point at (`database.py`).
+`health_verdict` turns that and the
 version behaviours into the /health answer. `ServiceTraffic` counts requests, synthetic or
 real: each version gets its share by pod count; errors come from a per-version
 accumulator (8% is exactly 8 errors in 100 requests) and latencies from a low-discrepancy
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.webapp.behaviour import VersionBehaviours
+from sandbox.webapp.database import DatabaseTarget, database_targets
 
 NO_ENDPOINT = "<no endpoint>"
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -26,12 +28,14 @@ _GOLDEN = (math.sqrt(5) - 1) / 2
 @dataclass(frozen=True)
 class Routing:
     """Where a Service sends traffic: image -> ready pod count. `problem` says why there is none;
-    `service` is the Service's NAMESPACE/NAME, once known (for an Ingress, its backend's)."""
+    `service` is the Service's NAMESPACE/NAME, once known (for an Ingress, its backend's);
+    `databases` what the routed pods' PGHOST/PGPORT point at."""
 
     versions: Mapping[str, int]
     pods: tuple[str, ...] = ()
     problem: str | None = None
     service: str | None = None
+    databases: tuple[DatabaseTarget, ...] = ()
 
     @property
     def total(self) -> int:
@@ -81,7 +85,10 @@ def routed_versions(
         return Routing({}, problem=f"service {name} has no ready endpoints", service=name)
     versions = Counter((p["spec"].get("containers") or [{}])[0].get("image", "") for p in chosen)
     return Routing(
-        dict(sorted(versions.items())), tuple(sorted(p["metadata"]["name"] for p in chosen)), service=name
+        dict(sorted(versions.items())),
+        tuple(sorted(p["metadata"]["name"] for p in chosen)),
+        service=name,
+        databases=database_targets(chosen),
     )
 
 
