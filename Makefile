@@ -20,6 +20,7 @@ bench: install
 	$(PY) bench/backup.py
 	$(PY) bench/deploy.py
 	$(PY) bench/pitr.py
+	$(PY) bench/failover.py
 
 install: system-deps $(STAMP)
 
