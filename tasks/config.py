@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -287,6 +288,22 @@ def _absolute_path(v: str | None) -> str | None:
     return v
 
 
+def _os_user(v: str | None) -> str | None:
+    if v is not None and not OS_USER_RE.match(v):
+        raise ValueError("an OS account name, like postgres")
+    return v
+
+
+def _absolute_dir(v: str) -> str:
+    return str(_absolute_path(v))
+
+
+# The account that owns a data directory, and a folder of PostgreSQL's programs on its host:
+# a cluster's and the DR pair's, checked the same way.
+OsUser = Annotated[str | None, AfterValidator(_os_user)]
+BinDir = Annotated[str, AfterValidator(_absolute_dir)]
+
+
 class PgBackRestConfig(Model):
     """How the cluster is backed up: the host's pgBackRest config, its stanza and repository.
 
@@ -348,27 +365,15 @@ class ClusterConfig(Model):
     """A PostgreSQL cluster (a whole server) as physical backups and PITR see it."""
 
     dsn: SecretRef = Field(description="Superuser connection string of the primary (libpq URI or key=value)")
-    os_user: str | None = Field(None, description="OS account that owns the data directory; pgBackRest and pg_ctl "
+    os_user: OsUser = Field(None, description="OS account that owns the data directory; pgBackRest and pg_ctl "
                                                   "run as it (through runuser). Leave out to run as ourselves")
-    pg_bin: str = Field("/usr/lib/postgresql/15/bin", description="Folder of pg_ctl and pg_amcheck on the host")
+    pg_bin: BinDir = Field("/usr/lib/postgresql/15/bin", description="Folder of pg_ctl and pg_amcheck on the host")
     heartbeat_database: str = Field("postgres", description="Database of the heartbeat table (runbook_heartbeat) that "
                                                           "archive_health writes to and a PITR is checked against")
     pgbackrest: PgBackRestConfig
     restore: PhysicalRestoreConfig
     objectives: Objectives = Field(description="RTO: physical restore plus checks; RPO: age of the newest archived "
                                                "WAL (continuous archiving)")
-
-    @field_validator("os_user")
-    @classmethod
-    def _os_user(cls, v: str | None) -> str | None:
-        if v is not None and not OS_USER_RE.match(v):
-            raise ValueError("an OS account name, like postgres")
-        return v
-
-    @field_validator("pg_bin")
-    @classmethod
-    def _pg_bin(cls, v: str) -> str:
-        return str(_absolute_path(v))
 
     def check_secrets(self) -> None:
         self.dsn.resolve()
@@ -689,9 +694,9 @@ class DrConfig(Model):
 
     nodes: dict[str, DrNode] = Field(description="The two servers, by name")
     preferred_primary: str = Field(description="The node that is primary in the normal topology (a drill ends there)")
-    os_user: str | None = Field(None, description="OS account that owns the data directories; pg_ctl and pg_rewind "
+    os_user: OsUser = Field(None, description="OS account that owns the data directories; pg_ctl and pg_rewind "
                                                   "run as it. Leave out to run as ourselves")
-    pg_bin: str = Field("/usr/lib/postgresql/15/bin", description="Folder of pg_ctl and pg_rewind on the host")
+    pg_bin: BinDir = Field("/usr/lib/postgresql/15/bin", description="Folder of pg_ctl and pg_rewind on the host")
     database: str = Field("postgres", description="Database of the write-and-read check (table runbook_heartbeat)")
     replication: ReplicationUser
     lag: LagLimits = Field(default_factory=LagLimits)
@@ -717,18 +722,6 @@ class DrConfig(Model):
             if not NAME_RE.match(name):
                 raise ValueError(f"node name {name!r}: lower-case letters, digits and '-'")
         return v
-
-    @field_validator("os_user")
-    @classmethod
-    def _os_user(cls, v: str | None) -> str | None:
-        if v is not None and not OS_USER_RE.match(v):
-            raise ValueError("an OS account name, like postgres")
-        return v
-
-    @field_validator("pg_bin")
-    @classmethod
-    def _pg_bin(cls, v: str) -> str:
-        return str(_absolute_path(v))
 
     @model_validator(mode="after")
     def _preferred(self) -> DrConfig:

@@ -907,10 +907,3 @@ def set_config_values(api: client.ApiClient, namespace: str, kind: str, name: st
         else:
             core.patch_namespaced_secret(name, namespace, patch, _request_timeout=REQUEST_TIMEOUT)
     return True
-
-
-def config_values(api: client.ApiClient, namespace: str, name: str) -> dict[str, str]:
-    """A ConfigMap's data."""
-    with _calling("read", "ConfigMap", namespace, name):
-        obj = client.CoreV1Api(api).read_namespaced_config_map(name, namespace, _request_timeout=REQUEST_TIMEOUT)
-    return dict(obj.data or {})

@@ -35,3 +35,16 @@ def put_back_pair(sandbox: Any) -> None:
                 kubernetes.wait_for_rollout(api, svc.namespace, svc.deployment, 60)
         for name in env.dr_pair().dr_site.deployments:
             kubernetes.scale(api, env.dr_pair().dr_site.namespace, name, 0)
+
+
+def latest_report(key: str) -> str:
+    """The newest version of a run's report artifact, by its key."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as c:
+        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                 sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no artifact {key}"
+    return str(found[0].data)

@@ -32,7 +32,7 @@ from sandbox.state import ENV_WEBHOOK_URL
 from sandbox.webhook import receiving_webhook
 from tasks.config import load_environment
 from tasks.errors import ConfigError
-from tests.cluster_state import put_back_pair
+from tests.cluster_state import latest_report, put_back_pair
 
 pytestmark = pytest.mark.scenario
 
@@ -65,15 +65,7 @@ def pair(sandbox: Any, webhook: Any) -> Iterator[Any]:
         put_back_pair(sandbox)
 
 
-def report(key: str) -> str:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as c:
-        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                 sort=ArtifactSort.CREATED_DESC, limit=1)
-    assert found, f"no artifact {key}"
-    return str(found[0].data)
+report = latest_report
 
 
 def write_rows(dsn: str, n: int, note: str) -> None:

@@ -19,6 +19,7 @@ from flows.physical_restore_test import physical_restore_test
 from flows.pitr_restore import pitr_restore
 from tasks import pgbackrest, pghost, postgres
 from tasks.config import load_environment
+from tests.cluster_state import latest_report
 
 pytestmark = pytest.mark.scenario
 
@@ -70,16 +71,7 @@ def cluster_env(make_environment: Any, sandbox: Any) -> Iterator[str]:
             pghost.remove(cfg, str(path))
 
 
-def report(key: str) -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as c:
-        found = c.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
-                                 sort=ArtifactSort.CREATED_DESC, limit=1)
-    assert found, f"no artifact {key}"
-    return str(found[0].data)
+report = latest_report
 
 
 # --- physical backups ------------------------------------------------------------------------------
