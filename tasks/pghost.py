@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -209,13 +209,33 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def free_port(cluster: ClusterConfig) -> int:
-    """The first port of `restore.ports` that nothing listens on."""
+def free_port(cluster: ClusterConfig, skip: Collection[int] = ()) -> int:
+    """The first port of `restore.ports`, not in `skip`, that nothing listens on."""
     host = host_of(cluster)
     for port in cluster.restore.port_range:
-        if not port_in_use(host, port):
+        if port not in skip and not port_in_use(host, port):
             return port
     raise PermanentError(f"every port of restore.ports {cluster.restore.ports} is in use on {host}")
+
+
+def start_on_a_free_port(cluster: ClusterConfig, data_dir: str, log: str) -> Instance:
+    """`start` on the first free port of `restore.ports`. Nothing listening is not the same as
+    free: a client's connection can hold the port as its local end (the range may overlap the
+    ephemeral ports), or another server can bind it first. So when PostgreSQL reports the
+    address in use, the next port is tried, up to PORT_ATTEMPTS of them."""
+    taken: list[int] = []
+    while True:
+        port = free_port(cluster, taken)
+        try:
+            return start(cluster, data_dir, port, log)
+        except ProgramFailed as exc:
+            taken.append(port)
+            if ADDRESS_IN_USE not in str(exc) or len(taken) == PORT_ATTEMPTS:
+                raise
+
+
+ADDRESS_IN_USE = "Address already in use"  # PostgreSQL's log, when its listen socket cannot bind
+PORT_ATTEMPTS = 5
 
 
 def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instance:
@@ -223,7 +243,8 @@ def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instanc
     Waits while recovery runs, up to `restore.start_timeout`."""
     _inside_restore_dir(cluster, data_dir)
     timeout = cluster.restore.start_timeout.total_seconds()
-    options = f"-p {port} -c archive_mode=off -c unix_socket_directories={Path(data_dir).parent}"
+    options = (f"-p {port} -c archive_mode=off -c unix_socket_directories={Path(data_dir).parent} "
+               "-c lc_messages=C")  # English in the log, which start_on_a_free_port reads
     try:
         run(cluster, [f"{cluster.pg_bin}/pg_ctl", "-D", data_dir, "-l", log, "-o", options, "-w", "-t",
                       str(int(timeout)), "-s", "start"], what=f"starting the restored instance in {data_dir}",

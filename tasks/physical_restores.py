@@ -84,8 +84,7 @@ def restore_instance(env: EnvironmentConfig, cluster: str, plan: InstancePlan, t
         else:
             found = "a finished restore, started"
         clock = time.monotonic()
-        port = pghost.free_port(cfg)
-        pghost.start(cfg, plan.data_dir, port, plan.log)
+        port = pghost.start_on_a_free_port(cfg, plan.data_dir, plan.log).port
         timings["start_and_recover"] = round(time.monotonic() - clock, 3)
         fault_point("physical-restore.instance-started")
     instance = pghost.Instance(plan.data_dir, port, plan.log)
