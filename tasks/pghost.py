@@ -108,6 +108,10 @@ class ProgramFailed(PermanentError):
         self.output = output
 
 
+class PortTaken(ProgramFailed):
+    """A restored instance could not bind its port: something holds it without listening."""
+
+
 # --- restored instances -----------------------------------------------------------------------------
 
 
@@ -221,21 +225,23 @@ def free_port(cluster: ClusterConfig, skip: Collection[int] = ()) -> int:
 def start_on_a_free_port(cluster: ClusterConfig, data_dir: str, log: str) -> Instance:
     """`start` on the first free port of `restore.ports`. Nothing listening is not the same as
     free: a client's connection can hold the port as its local end (the range may overlap the
-    ephemeral ports), or another server can bind it first. So when PostgreSQL reports the
-    address in use, the next port is tried, up to PORT_ATTEMPTS of them."""
+    ephemeral ports), or another server can bind it first. So when the port is taken, the next
+    one is tried, up to PORT_ATTEMPTS of them."""
     taken: list[int] = []
     while True:
         port = free_port(cluster, taken)
         try:
             return start(cluster, data_dir, port, log)
-        except ProgramFailed as exc:
+        except PortTaken:
             taken.append(port)
-            if ADDRESS_IN_USE not in str(exc) or len(taken) == PORT_ATTEMPTS:
+            if len(taken) == PORT_ATTEMPTS:
                 raise
 
 
-ADDRESS_IN_USE = "Address already in use"  # PostgreSQL's log, when its listen socket cannot bind
 PORT_ATTEMPTS = 5
+# PostgreSQL's own words (lc_messages=C) when its listen socket cannot bind: pg_ctl's exit
+# status does not tell this apart from any other failed start, only the server's log does.
+_ADDRESS_IN_USE = "Address already in use"
 
 
 def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instance:
@@ -244,14 +250,16 @@ def start(cluster: ClusterConfig, data_dir: str, port: int, log: str) -> Instanc
     _inside_restore_dir(cluster, data_dir)
     timeout = cluster.restore.start_timeout.total_seconds()
     options = (f"-p {port} -c archive_mode=off -c unix_socket_directories={Path(data_dir).parent} "
-               "-c lc_messages=C")  # English in the log, which start_on_a_free_port reads
+               "-c lc_messages=C")  # English in the log, which start reads when it fails
     try:
         run(cluster, [f"{cluster.pg_bin}/pg_ctl", "-D", data_dir, "-l", log, "-o", options, "-w", "-t",
                       str(int(timeout)), "-s", "start"], what=f"starting the restored instance in {data_dir}",
             timeout=timeout + 30)
     except ProgramFailed as exc:  # pg_ctl says "examine the log output": the log's end is the reason
-        raise ProgramFailed(f"starting the restored instance in {data_dir}", exc.code,
-                            f"{exc.output}; {log} ends: {log_tail(cluster, log)}") from None
+        tail = log_tail(cluster, log)
+        failed = PortTaken if _ADDRESS_IN_USE in tail.rsplit("starting PostgreSQL", 1)[-1] else ProgramFailed
+        raise failed(f"starting the restored instance in {data_dir}", exc.code,
+                     f"{exc.output}; {log} ends: {tail}") from None
     return Instance(data_dir, port, log)
 
 
