@@ -16,14 +16,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -32,14 +30,11 @@ from pydantic import (
 
 from tasks import compression, redact
 from tasks.errors import ConfigError, SecretMissing
+from tasks.fields import Duration, Model, check_timezone
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
 DBNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --- secrets -------------------------------------------------------------------------
@@ -79,27 +74,6 @@ def _load_secret_block(name: str) -> str | None:
         return str(Secret.load(name, _sync=True).get())  # type: ignore[call-arg]
     except ValueError:
         return None
-
-
-# --- durations -----------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        m = _DURATION_RE.match(value.strip())
-        if m:
-            return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
-    raise ValueError("a duration like '90s', '15m', '1h', '2d' or a number of seconds")
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
 # --- storage -------------------------------------------------------------------------
@@ -273,7 +247,7 @@ class DatabaseConfig(Model):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str | None) -> str | None:
-        return _check_timezone(v) if v is not None else v
+        return check_timezone(v) if v is not None else v
 
 
 # --- clusters: physical backups and point-in-time recovery (pgBackRest) ----------------------
@@ -776,7 +750,7 @@ class EnvironmentConfig(Model):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        return _check_timezone(v)
+        return check_timezone(v)
 
     @field_validator("databases")
     @classmethod
@@ -866,14 +840,6 @@ class EnvironmentConfig(Model):
 
     def tz_for(self, name: str) -> ZoneInfo:
         return ZoneInfo(self.database(name).timezone or self.timezone)
-
-
-def _check_timezone(v: str) -> str:
-    try:
-        ZoneInfo(v)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("an IANA timezone like 'UTC', 'Europe/London' or 'Asia/Kolkata'") from None
-    return v
 
 
 # --- flow parameters: checked before any side effect ------------------------------------
