@@ -8,8 +8,9 @@ deploy, a bad one that rolls itself back, and blue-green deploys by Service sele
 by Ingress; and for the whole cluster with pgBackRest: a full physical backup, a point-in-time
 recovery to a marked time on a new instance, a physical restore test and the WAL archive's
 health check; and for the replicated pair, a DR drill (a planned switchover to the standby,
-a failback and two rebuilds), announced to a local webhook receiver. Prints a summary and brings the sandbox down. Exit code 0 only if every run
-passed.
+a failback and two rebuilds), announced to a local webhook receiver; and a maintenance window
+(maintenance page on, VACUUM ANALYZE, a stuck query ended, the TLS certificate checked, page
+off). Prints a summary and brings the sandbox down. Exit code 0 only if every run passed.
 """
 
 from __future__ import annotations
@@ -153,11 +154,46 @@ def _figures(row: dict[str, Any]) -> tuple[str, str]:
         runs = "; ".join(f"{x['label']} {x['from']}->{x['to']}: RTO {x['rto_seconds']:.1f}s, RPO {x['rpo_bytes']} bytes"
                          for x in r["runs"])
         return runs, r["artifact"]
+    if isinstance(r, dict) and r.get("runbook") == "maintenance-window":
+        done = {t["task"]: t for t in r["tasks"]}
+        stuck = done.get("terminate_stuck_queries fleet", {}).get("figures", "")
+        ended = stuck.split("terminated: ")[1].split(",")[0] if "terminated: " in stuck else "?"
+        certs = done.get("check_certificates", {}).get("result", "not run")
+        return (f"page on and off (checked over HTTP), {len(done)} tasks: vacuum, {ended} stuck session(s) "
+                f"ended, certificates {certs}", r["artifact"])
     if isinstance(r, dict) and r.get("runbook") == "archive-health":
         f = r["figures"]
         return (f"last WAL {f.get('last archived WAL')}, archived within {f.get('archived within (s)')} s",
                 r["artifact"])
     return row["message"][:100], ""
+
+
+def _maintenance(environment: str) -> dict[str, Any]:
+    """A maintenance window with a session left sleeping in a transaction, as a forgotten psql
+    would: the run must end it and list it."""
+    import psycopg
+
+    from flows.maintenance_window import maintenance_window
+    from sandbox.state import ENV_PG_DSN
+
+    started = threading.Event()
+
+    def forgotten_session() -> None:
+        try:
+            with psycopg.connect(os.environ[ENV_PG_DSN], dbname="fleet", autocommit=False) as conn:
+                conn.execute("SELECT 1")
+                started.set()
+                conn.execute("SELECT pg_sleep(600)")
+        except psycopg.Error:
+            pass  # ended by the maintenance run: what the demo shows
+
+    threading.Thread(target=forgotten_session, daemon=True).start()
+    started.wait(10)
+    time.sleep(2.5)
+    return _run("maintenance-window", maintenance_window, environment, tasks=[
+        {"kind": "vacuum_analyze", "database": "fleet"},
+        {"kind": "terminate_stuck_queries", "database": "fleet", "older_than": "2s"},
+        {"kind": "check_certificates"}])
 
 
 def main() -> int:
@@ -204,6 +240,7 @@ def main() -> int:
         rows.append(_expect_rollback(bad, env.name, "api", "sandbox/app:v2"))
         rows.append(_run("deploy web (blue-green)", deploy, env.name, "web", "sandbox/app:v2"))
         rows.append(_run("deploy admin (Ingress)", deploy, env.name, "admin", "sandbox/app:v2"))
+        rows.append(_maintenance(env.name))
         rows.append(_run("dr-drill (failback)", dr_drill, env.name))
         print(f"   the incident channel received {len(_received(hook.base_url))} announcements")
     finally:

@@ -28,7 +28,7 @@ from typing import Any
 from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.flows import Flow
-from prefect.schedules import Cron
+from prefect.schedules import Cron, RRule
 from prefect.utilities.annotations import freeze
 
 from deployments.automations import HEARTBEAT_SECONDS, ensure_automations
@@ -37,6 +37,7 @@ from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
 from flows.dr_drill import dr_drill
 from flows.dr_failover import dr_failover
+from flows.maintenance_window import maintenance_window
 from flows.migrate import migrate_database
 from flows.physical_backup import physical_backup
 from flows.physical_restore_test import physical_restore_test
@@ -47,13 +48,14 @@ from flows.restore_database import restore_database
 from flows.restore_test import restore_test
 from flows.rollback import rollback
 from flows.scaling import autoscale, restart, scale
+from tasks import windows
 from tasks.config import EnvironmentConfig, environments_dir, load_environment
 
 SERVICE_FLOWS: tuple[Flow[..., Any], ...] = (deploy, rollback, scale, restart, autoscale)
 DATABASE_FLOWS: tuple[Flow[..., Any], ...] = (backup_database, migrate_database, restore_database)
 CLUSTER_FLOWS: tuple[Flow[..., Any], ...] = (physical_backup, pitr_restore, physical_restore_test, archive_health)
 DR_FLOWS: tuple[Flow[..., Any], ...] = (dr_failover, rebuild_replica, primary_watch, dr_drill)
-FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS, *DR_FLOWS)
+FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS, *DR_FLOWS, maintenance_window)
 
 
 def _deployment(fl: Flow[..., Any], env: EnvironmentConfig, name: str | None = None, **options: Any) -> Any:
@@ -89,6 +91,26 @@ def deployments_for(environment: str) -> list[Any]:
         ))
     deps += cluster_deployments(env)
     deps += dr_deployments(env)
+    deps += maintenance_deployments(env)
+    return deps
+
+
+def maintenance_schedules(env: EnvironmentConfig) -> dict[str, dict[str, str]]:
+    """Each maintenance window's schedule, by window name: an RRule firing at its start, in its
+    timezone (`windows.schedule_rrule`; prefect.yaml must say the same, a test checks it)."""
+    return {w.name: windows.schedule_rrule(w, env.timezone) for w in (env.windows.maintenance if env.windows else [])}
+
+
+def maintenance_deployments(env: EnvironmentConfig) -> list[Any]:
+    """`maintenance-window/<env>` for manual runs, and `maintenance-window/<env>-<window>` on
+    each window's schedule, doing the environment's `maintenance.tasks`."""
+    if env.maintenance is None:
+        return []
+    deps = [_deployment(maintenance_window, env, description=f"Maintenance window in {env.name}, run by hand")]
+    for name, rule in maintenance_schedules(env).items():
+        deps.append(_deployment(maintenance_window, env, name=f"{env.name}-{name}", parameters={"window": name},
+                                schedules=[RRule(rule["rrule"], timezone=rule["timezone"])],
+                                description=f"Maintenance window {name} in {env.name}, at its start"))
     return deps
 
 

@@ -23,13 +23,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.transactions import Transaction, transaction
 
 from tasks import backups, checkpoints, locks, postgres, reports, retries
+from tasks.backup_steps import apply_retention
 from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
 from tasks.errors import CheckFailed, PermanentError, RunbookError
 from tasks.faults import fault_point
 from tasks.naming import artifact_key, namer
 from tasks.prefect_api import HOOKS, holding, remember_for_rollback, resume_attempt
 from tasks.redact import scrub
-from tasks.retention import RetentionPlan, plan_retention
+from tasks.retention import RetentionPlan
 from tasks.storage import open_storage
 
 LOCK_TIMEOUT = timedelta(hours=4).total_seconds()
@@ -127,18 +128,6 @@ def find_committed_backup(env: EnvironmentConfig, database: str, run_id: str | N
     """A backup this same flow run already committed (a retry after a crash past upload)."""
     storage = open_storage(env.database(database).storage)
     return backups.read_catalogue(storage, database).for_run(run_id)
-
-
-@task(**retries.policy("storage"), **checkpoints.REDO)
-def apply_retention(env: EnvironmentConfig, database: str, now: datetime) -> RetentionPlan:
-    """Plan by the policy, then delete; the newest valid backup always stays."""
-    cfg = env.database(database)
-    storage = open_storage(cfg.storage)
-    catalogue = backups.read_catalogue(storage, database)
-    plan = plan_retention(catalogue.records(), cfg.retention, now=now, tz=env.tz_for(database))
-    for backup_id in plan.delete:
-        storage.delete_prefix(backups.backup_prefix(database, backup_id))
-    return plan
 
 
 @task(**checkpoints.REDO)

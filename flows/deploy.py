@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 from prefect import flow, task
 from prefect.transactions import Transaction, transaction
@@ -27,6 +26,7 @@ from flows.migrate import migrate_database
 from tasks import (
     analysis,
     approvals,
+    changes,
     checkpoints,
     checks,
     http_checks,
@@ -38,12 +38,11 @@ from tasks import (
 )
 from tasks.checks import Check
 from tasks.config import AnalysisConfig, EnvironmentConfig, check_choice, load_environment, validate_image
-from tasks.errors import CheckFailed, PolicyRefused
+from tasks.errors import CheckFailed
 from tasks.faults import fault_point
 from tasks.naming import artifact_key, namer
 from tasks.prefect_api import HOOKS, holding, remember_for_rollback, resume_attempt
 from tasks.records import DeployRecord, held
-from tasks.windows import active_freeze
 
 LOCK_TIMEOUT = timedelta(minutes=30).total_seconds()
 MIGRATE_STEPS = ("none", "before", "after")
@@ -199,13 +198,6 @@ def retire_colour(env: EnvironmentConfig, service: str, colour: str) -> dict[str
 # --- gates -------------------------------------------------------------------------------------------
 
 
-def refuse_when_frozen(env: EnvironmentConfig) -> None:
-    """No deploy inside a freeze window (`deploy_freeze`, in the environment's timezone)."""
-    freeze = active_freeze(env.deploy_freeze, datetime.now(UTC), ZoneInfo(env.timezone))
-    if freeze is not None:
-        raise PolicyRefused(f"deploys to {env.name} are frozen: window {freeze.name!r}")
-
-
 def rollout_gate(env: EnvironmentConfig, service: str, record: DeployRecord, deployment: str | None = None) -> None:
     """The rollout finishes within its progress deadline, or the deploy stops."""
     try:
@@ -302,9 +294,11 @@ def check_recovery(env: EnvironmentConfig, service: str, record: DeployRecord) -
 @flow(name="deploy", flow_run_name=namer("deploy"), **HOOKS)
 def deploy(environment: str, service: str, image: str,
            strategy: Literal["from config", "rolling", "blue-green"] = "from config",
-           migrate: Literal["none", "before", "after"] = "none") -> dict[str, Any]:
-    """Deploy an image to a service: preflight (one deploy at a time, freeze windows,
-    approval in protected environments, optional pre-deploy backup), then a rolling or
+           migrate: Literal["none", "before", "after"] = "none", emergency: bool = False,
+           emergency_reason: str | None = None) -> dict[str, Any]:
+    """Deploy an image to a service: preflight (one change to the environment at a time,
+    maintenance windows and freezes, approval in protected environments, optional pre-deploy
+    backup), then a rolling or
     blue-green rollout gated by analysis and smoke checks. A failure after a change rolls
     back on its own; the run then ends Failed with the time to recovery.
 
@@ -315,6 +309,8 @@ def deploy(environment: str, service: str, image: str,
         strategy: Rolling (kubectl set image) or blue-green (the idle colour, then a traffic switch);
             "from config" uses the service's `strategy`.
         migrate: Run the service's database migrations before the rollout, after it passed, or not at all.
+        emergency: A hotfix outside the maintenance windows or inside a freeze: goes ahead after an approval.
+        emergency_reason: Why it cannot wait for the next window (required with emergency).
     """
     env = load_environment(environment)
     svc = env.service(service)
@@ -325,9 +321,11 @@ def deploy(environment: str, service: str, image: str,
     database = env.database_of(service) if migrate != "none" else None
     started = time.monotonic()
     try:
-        with holding(locks.deploy(env, service), timeout_seconds=LOCK_TIMEOUT), held(record):
-            refuse_when_frozen(env)
-            if env.protected:
+        record.approver = changes.admit(env, "deploy", record, emergency=emergency,
+                                        emergency_reason=emergency_reason)
+        with changes.one_change(env, "deploy"), holding(locks.deploy(env, service), timeout_seconds=LOCK_TIMEOUT), \
+                held(record):
+            if env.protected and record.approver is None:
                 record.approver = approvals.ask_approval(f"Deploy {image} to {service} in {env.name}?")
             if svc.backup_database:
                 record.backup_id = backup_database(env.name, svc.backup_database)["backup_id"]

@@ -19,7 +19,7 @@ from prefect import flow, task
 
 from flows.dr_failover import dr_failover
 from flows.rebuild_replica import rebuild_replica
-from tasks import checkpoints, failover, replication, reports
+from tasks import changes, checkpoints, failover, replication, reports
 from tasks.checks import Check
 from tasks.config import EnvironmentConfig, load_environment
 from tasks.errors import CheckFailed, PolicyRefused
@@ -58,14 +58,16 @@ def dr_drill(environment: str) -> dict[str, Any]:
     record = DrRecord("dr-drill", env.name, reason="DR drill", planned=True)
     record.resumed(resume_attempt())
     try:
-        record.checks.append(start := check_topology(env))
-        if not start.passed:
-            raise PolicyRefused(f"a drill starts from the original topology: {start.detail}")
-        there = dr_failover(environment, reason="DR drill: planned switchover to the standby", planned=True)
-        record.rows.append(reports.drill_row("switchover", there, rebuild_replica(environment)))
-        back = dr_failover(environment, reason="DR drill: failback to the preferred primary", planned=True)
-        record.rows.append(reports.drill_row("failback", back, rebuild_replica(environment)))
-        record.checks.append(check_topology(env))
+        changes.admit(env, "dr-drill", record)
+        with changes.one_change(env, "dr-drill"):  # both switchovers and rebuilds, nothing in between
+            record.checks.append(start := check_topology(env))
+            if not start.passed:
+                raise PolicyRefused(f"a drill starts from the original topology: {start.detail}")
+            there = dr_failover(environment, reason="DR drill: planned switchover to the standby", planned=True)
+            record.rows.append(reports.drill_row("switchover", there, rebuild_replica(environment)))
+            back = dr_failover(environment, reason="DR drill: failback to the preferred primary", planned=True)
+            record.rows.append(reports.drill_row("failback", back, rebuild_replica(environment)))
+            record.checks.append(check_topology(env))
         record.checks += [Check(*row) for row in failover.objective_checks(record.rows, cfg.objectives.rto,
                                                                            cfg.objectives.rpo)]
         record.figures.update(reports.drill_figures(record.rows, cfg.objectives))

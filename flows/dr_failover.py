@@ -21,13 +21,25 @@ fences the node it promoted (the assessment, taken before any change, says which
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, task
 from prefect.transactions import get_transaction, transaction
 
-from tasks import approvals, checkpoints, dns, failover, http_checks, kubernetes, locks, replication, reports
+from tasks import (
+    approvals,
+    changes,
+    checkpoints,
+    dns,
+    failover,
+    http_checks,
+    kubernetes,
+    locks,
+    replication,
+    reports,
+)
 from tasks.checks import Check
 from tasks.config import EnvironmentConfig, check_reason, load_environment
 from tasks.dr_steps import announce, emit_step, now_iso
@@ -174,9 +186,28 @@ def validate(env: EnvironmentConfig, target: str, old: str) -> tuple[list[Check]
     return checks, now_iso()
 
 
+# --- steps -----------------------------------------------------------------------------------------
+
+
+def fence_and_promote(env: EnvironmentConfig, a: failover.Assessment, planned: bool, record: DrRecord) -> None:
+    """Fence the old primary, (planned) wait until the standby replayed its final LSN, promote:
+    one transaction, whose rollback unfences while nothing was promoted."""
+    with transaction() as txn:
+        txn.set("env", env)
+        txn.set("pair", (a.old_primary, a.target))
+        fenced = fence_old_primary(env, a.old_primary, planned)
+        record.step(now_iso(), "fenced", f"{a.old_primary}: {fenced.describe()}")
+        if planned:
+            record.step(**wait_caught_up(env, a.target, fenced.final_lsn), step="caught up")
+        promoted = promote_standby(env, a.target, a.timeline)
+    record.step(promoted.at.isoformat(), "promoted", f"{a.target} on timeline {promoted.timeline}")
+    record.figures.update(reports.rpo_figures(a, fenced, promoted))
+
+
 @flow(name="dr-failover", flow_run_name=namer("dr-failover"), **HOOKS)
 def dr_failover(environment: str, reason: str, planned: bool = False, force: bool = False,
-                down_since: datetime | None = None, last_known_lsn: int | None = None) -> dict[str, Any]:
+                down_since: datetime | None = None, last_known_lsn: int | None = None, emergency: bool = False,
+                emergency_reason: str | None = None) -> dict[str, Any]:
     """Promote the standby in place of the primary, then repoint the applications and DNS to it,
     check it takes writes and the apps are healthy, and tell the incident channel at each step.
     In a protected environment an approval shows the assessment first. Refuses when the data at
@@ -190,13 +221,19 @@ def dr_failover(environment: str, reason: str, planned: bool = False, force: boo
         force: Go ahead although the data at risk is over the configured limits.
         down_since: When the primary was first seen down (primary_watch passes it).
         last_known_lsn: The newest LSN known of the primary, as a byte position, if any.
+        emergency: A switchover outside the windows or in a freeze, after an approval (unplanned: never needed).
+        emergency_reason: Why the switchover cannot wait for the next window (required with emergency).
     """
     env = load_environment(environment)
     record = DrRecord("dr-failover", env.name, reason=check_reason(reason), planned=planned, force=force)
     env.check_dr_secrets()
     record.resumed(resume_attempt())
-    with holding(locks.dr(env), timeout_seconds=LOCK_TIMEOUT):
+    with ExitStack() as held:
         try:
+            if planned:  # an unplanned failover is never blocked: no window, no waiting for a maintenance run
+                changes.admit(env, "dr-failover", record, emergency=emergency, emergency_reason=emergency_reason)
+                held.enter_context(changes.one_change(env, "dr-failover"))
+            held.enter_context(holding(locks.dr(env), timeout_seconds=LOCK_TIMEOUT))
             a = assess_pair(env, last_known_lsn)
             record.assessed(a.old_primary, a.target, a.assessed_at.isoformat(), reports.assessment_figures(a))
             announce(env, reports.dr_announcement(env, record, "started"))
@@ -210,16 +247,7 @@ def dr_failover(environment: str, reason: str, planned: bool = False, force: boo
                                                                              datetime.now(UTC)), "failover")
             record.decided_at = now_iso()
             record.step(record.decided_at, "decided", decision.summary)
-            with transaction() as txn:
-                txn.set("env", env)
-                txn.set("pair", (a.old_primary, a.target))
-                fenced = fence_old_primary(env, a.old_primary, planned)
-                record.step(now_iso(), "fenced", f"{a.old_primary}: {fenced.describe()}")
-                if planned:
-                    record.step(**wait_caught_up(env, a.target, fenced.final_lsn), step="caught up")
-                promoted = promote_standby(env, a.target, a.timeline)
-            record.step(promoted.at.isoformat(), "promoted", f"{a.target} on timeline {promoted.timeline}")
-            record.figures.update(reports.rpo_figures(a, fenced, promoted))
+            fence_and_promote(env, a, planned, record)
             record.step(**repoint_apps(env, a.target), step="repointed")
             record.step(**update_dns(env, a.target), step="DNS updated")
             record.step(**scale_dr_site(env), step="DR site scaled")

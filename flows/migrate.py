@@ -24,7 +24,17 @@ from prefect import flow, task
 from prefect.runtime import flow_run
 
 from flows.backup import backup_database
-from tasks import checkpoints, checks, kubernetes, migration_plan, migrations, postgres, reports, retries
+from tasks import (
+    changes,
+    checkpoints,
+    checks,
+    kubernetes,
+    migration_plan,
+    migrations,
+    postgres,
+    reports,
+    retries,
+)
 from tasks.config import EnvironmentConfig, load_environment, validate_image
 from tasks.errors import CheckFailed, ConfigError
 from tasks.migration_plan import Applied, Migration, Plan
@@ -202,8 +212,11 @@ def verify(env: EnvironmentConfig, database: str, record: MigrationRecord) -> No
 
 @flow(name="migrate-database", flow_run_name=namer("migrate-database"), **HOOKS)
 def migrate_database(environment: str, database: str, target_version: int | str | None = None,
-                     dry_run: bool = False, image: str | None = None) -> dict[str, Any]:
-    """Migrate one database's schema: take the migration lock (a second run fails at once),
+                     dry_run: bool = False, image: str | None = None, emergency: bool = False,
+                     emergency_reason: str | None = None) -> dict[str, Any]:
+    """Migrate one database's schema: inside a maintenance window (where the environment
+    requires one) and as the environment's one change at a time, take the migration lock (a
+    second run fails at once),
     list what is pending, back up as the checkpoint, apply each pending SQL file in its own
     transaction with lock and statement timeouts (or run the application's migration
     command as a Kubernetes Job), then run the verification queries. On failure the report
@@ -217,6 +230,8 @@ def migrate_database(environment: str, database: str, target_version: int | str 
         dry_run: Only list the pending files and their checksums; change nothing, take no backup.
         image: With the application's migration command: the image to run it from; empty for the image
             the service runs now. With SQL files it is only shown in the report.
+        emergency: Outside the maintenance windows or inside a freeze: go ahead after an approval.
+        emergency_reason: Why it cannot wait for the next window (required with emergency).
     """
     env = load_environment(environment)
     cfg = env.database(database)
@@ -232,7 +247,8 @@ def migrate_database(environment: str, database: str, target_version: int | str 
         if dry_run:
             list_pending(env, database, files, record)
         else:
-            with migration_lock(env, database, record):
+            changes.admit(env, "migrate-database", record, emergency=emergency, emergency_reason=emergency_reason)
+            with changes.one_change(env, "migrate-database"), migration_lock(env, database, record):
                 apply_pending(env, database, files, record)
             verify(env, database, record)
         record.outcome = record.final_outcome

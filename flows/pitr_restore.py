@@ -45,7 +45,8 @@ TARGETS = ("new-instance",)
 
 @flow(name="pitr-restore", flow_run_name=namer("pitr-restore"), **HOOKS)
 def pitr_restore(environment: str, cluster: str, target_time: str, target: Literal["new-instance"] = "new-instance",
-                 extract_database: str | None = None) -> dict[str, Any]:
+                 extract_database: str | None = None, emergency: bool = False,
+                 emergency_reason: str | None = None) -> dict[str, Any]:
     """Recover the cluster to `target_time` on a new instance (a new data directory on a new
     port), and check it stopped there: heartbeat markers up to the target are there, none
     after. Then report its address, or with `extract_database`, dump that database from
@@ -60,6 +61,8 @@ def pitr_restore(environment: str, cluster: str, target_time: str, target: Liter
         target: "new-instance": a new server beside production, which keeps running.
         extract_database: A database of the environment to bring back into production from the
             recovered instance; empty to keep the instance and report its address.
+        emergency: Swap the extract in outside the windows or in a freeze, after an approval.
+        emergency_reason: Why it cannot wait for the next window (required with emergency).
     """
     env = load_environment(environment)
     cfg = env.cluster(cluster)
@@ -89,7 +92,7 @@ def pitr_restore(environment: str, cluster: str, target_time: str, target: Liter
             extract = dump_extract(env, cluster, restored["instance"], extract_database,
                                        allocate_extract_id(env, extract_database), reports.pitr_source(cluster, at))
             record.figures.update(reports.extract_figures(extract, discard_instance(env, cluster, plan)))
-            swapped = restore_database(environment, extract_database, extract.backup_id, "swap")
+            swapped = restore_database(environment, extract_database, extract.backup_id, "swap", emergency, emergency_reason)
             record.figures.update(reports.swap_figures(swapped))
         record.outcome = "succeeded"
     except BaseException as exc:  # a failure, or a cancel's SIGTERM: no instance is left behind

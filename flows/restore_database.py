@@ -19,6 +19,7 @@ nothing else.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -26,7 +27,18 @@ from typing import Any, Literal
 from prefect import flow, task
 from prefect.transactions import Transaction, transaction
 
-from tasks import approvals, backups, checkpoints, checks, http_checks, kubernetes, locks, postgres, reports
+from tasks import (
+    approvals,
+    backups,
+    changes,
+    checkpoints,
+    checks,
+    http_checks,
+    kubernetes,
+    locks,
+    postgres,
+    reports,
+)
 from tasks.config import EnvironmentConfig, check_choice, load_environment
 from tasks.errors import CheckFailed, ConfigError, PermanentError
 from tasks.faults import fault_point
@@ -322,7 +334,8 @@ def check_recovery(env: EnvironmentConfig, database: str, record: RestoreRecord)
 
 @flow(name="restore-database", flow_run_name=namer("restore-database"), **HOOKS)
 def restore_database(environment: str, database: str, backup_id: str | None = None,
-                     mode: Literal["swap", "new"] = "swap") -> dict[str, Any]:
+                     mode: Literal["swap", "new"] = "swap", emergency: bool = False,
+                     emergency_reason: str | None = None) -> dict[str, Any]:
     """Restore the newest valid backup (or `backup_id`) of a database. `swap` puts it in
     production's place: after the operator types the database's name, the apps that use
     it are scaled to 0 (their replicas remembered), the remaining sessions terminated, the
@@ -338,6 +351,8 @@ def restore_database(environment: str, database: str, backup_id: str | None = No
         backup_id: The backup to restore, like 20260101T020000Z-a1b2c3; empty for the newest valid one.
         mode: "swap" replaces production (typed confirmation, apps stopped meanwhile); "new" restores
             a copy beside it and touches nothing else.
+        emergency: A swap outside the maintenance windows or inside a freeze: goes ahead after an approval.
+        emergency_reason: Why it cannot wait for the next window (required with emergency).
     """
     env = load_environment(environment)
     cfg = env.database(database)
@@ -350,10 +365,14 @@ def restore_database(environment: str, database: str, backup_id: str | None = No
         manifest = choose_backup(env, database, backup_id)
         record.chose(manifest)
         record.original_oid = check_names(env, database, record.names, mode)
-        if mode == "swap":
-            record.approver = confirm_swap(env, record, manifest)
-        with holding(locks.restore(env, database, mode), timeout_seconds=LOCK_TIMEOUT):
-            RESTORES[mode](env, database, manifest, record)
+        with ExitStack() as change:
+            if mode == "swap":  # a copy beside production changes nothing: no window, no change slot
+                changes.admit(env, "restore-database", record, emergency=emergency,
+                              emergency_reason=emergency_reason)
+                record.approver = confirm_swap(env, record, manifest)
+                change.enter_context(changes.one_change(env, "restore-database"))
+            with holding(locks.restore(env, database, mode), timeout_seconds=LOCK_TIMEOUT):
+                RESTORES[mode](env, database, manifest, record)
         record.outcome = "succeeded"
     except BaseException as exc:  # a failure, or a cancel's SIGTERM
         record.fail(exc)

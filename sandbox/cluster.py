@@ -10,6 +10,12 @@ objects production would have, in namespace `sandbox`:
   live colour's Service, as `kubectl apply -f kubernetes/green/` would), preview Service
   `admin-preview` (colour=green) and Ingress `admin` whose backend is the live colour's
   Service. The sample web service answers for it at /ing/sandbox/admin/...
+- Ingress `api` (host api.sandbox.local) in front of Service `api`, and the static
+  maintenance page a maintenance switches it to, as the seed runbook's
+  `kubectl apply -f kubernetes/maintenance-page.yaml` does: Deployment `maintenance-page`
+  (1 replica of `sandbox/maintenance-page:v1`) and Service `maintenance-page`. The sample
+  web service answers at /ing/sandbox/api/...: as `api` normally, with the page (503 "Down
+  for maintenance", Retry-After) while the backend is `maintenance-page`.
 - `orders`, deployed rolling, whose health is the health of the database it points at
   (`seed_orders`, once a PostgreSQL to point at runs): ConfigMap `orders-database` (PGHOST,
   PGPORT), Secret `orders-credentials` (PGUSER, PGPASSWORD, PGDATABASE), Deployment and
@@ -19,7 +25,8 @@ objects production would have, in namespace `sandbox`:
 Images follow the sample service's tag conventions (sandbox/webapp/behaviour.py):
 `sandbox/app:v1` is good, `:v2-err8` fails 8% of requests, `:v2-bad-health` fails its
 health check, `:v2-slow` is slow; the kubelet rules below make `:never-ready` never become
-Ready and `:crash` crash-loop.
+Ready and `:crash` crash-loop. An image whose repository ends with `maintenance-page` is
+the static maintenance page.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ ORDERS = "orders"
 ORDERS_CONFIGMAP = "orders-database"
 ORDERS_SECRET = "orders-credentials"
 GOOD_IMAGE = "sandbox/app:v1"
+API_INGRESS = "api"
+API_HOST = "api.sandbox.local"
+MAINTENANCE_PAGE = "maintenance-page"
+MAINTENANCE_IMAGE = "sandbox/maintenance-page:v1"
 IMAGE_RULES = {":*never-ready*": "NeverReady", ":*crash*": "CrashLoopBackOff", ":*bad-pull*": "ImagePullBackOff"}
 PROGRESS_DEADLINE_SECONDS = 8  # short, so a bad rollout fails fast in the sandbox
 
@@ -59,7 +70,7 @@ def start(workdir: Path) -> ClusterInfo:
             # orders exists once seed_orders ran: until then the web service finds no Service.
             services=[f"{NAMESPACE}/{s}" for s in ("api", "web", "web-preview", "admin-preview", ORDERS)]
             + [f"{DR_NAMESPACE}/{ORDERS}"],
-            ingresses=[f"{NAMESPACE}/admin"], rate=40, window=5,
+            ingresses=[f"{NAMESPACE}/{i}" for i in ("admin", API_INGRESS)], rate=40, window=5,
         )
     except BaseException:
         kube_server.stop_detached(workdir / "kube")
@@ -130,8 +141,13 @@ def seed(kubeconfig: Path) -> None:
             NAMESPACE, _deployment("admin-blue", {"app": "admin", "colour": "blue"}, [admin], 2))
         core.create_namespaced_service(NAMESPACE, _service("admin-blue", {"app": "admin", "colour": "blue"}))
         core.create_namespaced_service(NAMESPACE, _service("admin-preview", {"app": "admin", "colour": "green"}))
-        client.NetworkingV1Api(api_client).create_namespaced_ingress(
-            NAMESPACE, _ingress("admin", "admin.sandbox.local", "admin-blue"))
+        networking = client.NetworkingV1Api(api_client)
+        networking.create_namespaced_ingress(NAMESPACE, _ingress("admin", "admin.sandbox.local", "admin-blue"))
+        page = {"name": MAINTENANCE_PAGE, "image": MAINTENANCE_IMAGE, "ports": [{"containerPort": 8080}]}
+        apps.create_namespaced_deployment(
+            NAMESPACE, _deployment(MAINTENANCE_PAGE, {"app": MAINTENANCE_PAGE}, [page], 1))
+        core.create_namespaced_service(NAMESPACE, _service(MAINTENANCE_PAGE, {"app": MAINTENANCE_PAGE}))
+        networking.create_namespaced_ingress(NAMESPACE, _ingress(API_INGRESS, API_HOST, "api"))
     finally:
         api_client.close()
 

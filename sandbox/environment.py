@@ -91,6 +91,7 @@ def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, An
         **_clusters_part(state),
     }
     doc.update(_dr_part(state, services=doc.get("services") or {}))
+    doc.update(_maintenance_part(state))
     if "services" in doc:  # the sample service `api` uses the fleet database
         doc["databases"]["fleet"]["apps"] = ["api"]
     return doc
@@ -166,6 +167,40 @@ def _dr_part(state: SandboxState, services: dict[str, Any]) -> dict[str, Any]:
         "drills_allowed": True,
         "notify": {"webhook": {"env": ENV_WEBHOOK_URL}, "severity": "SEV-1"},
         "dr": dr,
+    }
+
+
+def _maintenance_part(state: SandboxState) -> dict[str, Any]:
+    """A maintenance window open at any time (the sandbox is for trying things: each day's
+    runs 26 hours, so a run always finds at least two left), maintenance mode through the
+    Ingress `api` and the page's Service (sandbox/cluster.py), and the TLS terminator's
+    certificate to check."""
+    if not state.webapp_url:
+        return {}
+    from urllib.parse import urlparse
+
+    from sandbox import cluster
+
+    web = state.webapp_url.rstrip("/")
+    maintenance: dict[str, Any] = {
+        "mode": {"namespace": cluster.NAMESPACE, "ingress": cluster.API_INGRESS,
+                 "page_service": cluster.MAINTENANCE_PAGE,
+                 "page_url": f"{web}/ing/{cluster.NAMESPACE}/{cluster.API_INGRESS}/",
+                 "page_marker": "down for maintenance", "settle": "10s"},
+        "health_urls": [f"{web}/svc/{cluster.NAMESPACE}/api/health"],
+        "tasks": [{"kind": "vacuum_analyze", "database": "fleet"},
+                  {"kind": "terminate_stuck_queries", "database": "fleet", "older_than": "5m"}],
+    }
+    if state.tls_s3_url and state.tls_ca_file:
+        tls = urlparse(state.tls_s3_url)
+        maintenance["certificates"] = [{"host": tls.hostname, "port": tls.port, "ca_file": str(state.tls_ca_file),
+                                        "warn_days": 30, "fail_days": 7}]
+        maintenance["tasks"].append({"kind": "check_certificates"})
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    return {
+        "windows": {"maintenance": [{"name": "sandbox-any-time", "every": "week", "days": days, "at": "00:00",
+                                     "duration": "26h"}]},
+        "maintenance": maintenance,
     }
 
 

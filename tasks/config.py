@@ -28,9 +28,11 @@ from pydantic import (
     model_validator,
 )
 
-from tasks import compression, redact
+from tasks import compression, redact, windows
 from tasks.errors import ConfigError, SecretMissing
 from tasks.fields import Duration, Model, check_timezone
+from tasks.maintenance_plan import MaintenanceTask
+from tasks.windows import WindowsConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -663,6 +665,62 @@ class NotifyConfig(Model):
     timeout: Duration = Field(timedelta(seconds=10), description="Timeout of each webhook request")
 
 
+# --- maintenance windows and maintenance mode ------------------------------------------------------
+
+
+class MaintenanceModeConfig(Model):
+    """How maintenance mode goes on and off: the Ingress that users reach switches its backend
+    to the Service that serves the maintenance page, and back. The Ingress remembers the
+    backend it had in an annotation, so a later run can put it back after a crash."""
+
+    method: Literal["ingress-backend"] = Field("ingress-backend", description="Switch the Ingress's backend")
+    namespace: str = Field(min_length=1, description="Namespace of the Ingress and the page's Service")
+    ingress: str = Field(description="The Ingress users reach")
+    page_service: str = Field(description="The Service that serves the maintenance page")
+    page_url: str = Field(description="A URL users reach through the Ingress: it serves the page while on")
+    page_marker: str = Field("maintenance", description="Text the maintenance page contains (case-insensitive)")
+    settle: Duration = Field(timedelta(seconds=30), description="How long the page may take to show or go away")
+
+    @field_validator("page_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_http_url(v)
+
+
+class CertificateTarget(Model):
+    """A TLS endpoint whose certificate `check_certificates` reads."""
+
+    host: str
+    port: int = Field(443, ge=1, le=65535)
+    server_name: str | None = Field(None, description="SNI name, when it differs from host")
+    ca_file: str | None = Field(None, description="CA bundle to verify against; the system store when left out")
+    warn_days: float = Field(30, ge=0, description="Fewer days left than this: a warning")
+    fail_days: float = Field(7, ge=0, description="Fewer days left than this: the check fails")
+
+
+class MaintenanceConfig(Model):
+    """What a maintenance window acts on around its tasks."""
+
+    mode: MaintenanceModeConfig | None = Field(None, description="Maintenance mode; none: the tasks run live")
+    health_urls: list[str] = Field(default_factory=list, description="Checked after the tasks, before maintenance "
+                                                                     "mode goes off, and again after")
+    certificates: list[CertificateTarget] = Field(default_factory=list, description="Hosts check_certificates reads")
+    estimates: dict[str, Duration] = Field(default_factory=dict, description="Expected duration of each task kind "
+                                                                            "(vacuum_analyze: 10m); past runs' "
+                                                                            "durations are used where none is set")
+    http_timeout: Duration = Field(timedelta(seconds=10), description="Timeout of each page and health request")
+    margin: Duration = Field(timedelta(minutes=5), description="Left free at the window's end for the health check "
+                                                              "and maintenance mode off")
+    tasks: list[MaintenanceTask] = Field(default_factory=list, description="The tasks a scheduled run does, in "
+                                                                           "order (the same shape as the flow's "
+                                                                           "`tasks` parameter)")
+
+    @field_validator("health_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return [_check_http_url(u) for u in v]
+
+
 class DrConfig(Model):
     """A primary and its streaming standby, and what a failover repoints."""
 
@@ -731,7 +789,8 @@ class EnvironmentConfig(Model):
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
     kubernetes: KubernetesConfig | None = None
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
-    deploy_freeze: list[FreezeWindow] = Field(default_factory=list, description="When deploys are refused")
+    deploy_freeze: list[FreezeWindow] = Field(default_factory=list, description="Before windows.freezes: still "
+                                                                                "read, as freezes of deploys")
     clusters: dict[str, ClusterConfig] = Field(default_factory=dict, description="Clusters with physical backups "
                                                                                "and point-in-time recovery")
     dr: DrConfig | None = Field(None, description="The replicated pair that dr_failover, rebuild_replica, "
@@ -739,6 +798,12 @@ class EnvironmentConfig(Model):
     drills_allowed: bool = Field(False, description="dr_drill may run here: a game day switches the primary over "
                                                     "and back")
     notify: NotifyConfig | None = Field(None, description="Incident announcements (a Slack-compatible webhook)")
+    windows: WindowsConfig | None = Field(None, description="Maintenance windows, freezes, and which runbooks may "
+                                                            "change things only inside a window")
+    change_wait: Duration = Field(timedelta(minutes=30), description="How long a changing run waits for the run "
+                                                                     "holding the environment's change slot before "
+                                                                     "it is refused; 0s refuses at once")
+    maintenance: MaintenanceConfig | None = Field(None, description="What maintenance_window acts on")
 
     @field_validator("name")
     @classmethod
@@ -746,6 +811,27 @@ class EnvironmentConfig(Model):
         if not NAME_RE.match(v):
             raise ValueError("lower-case letters, digits and '-', starting with a letter or digit")
         return v
+
+    @model_validator(mode="after")
+    def _legacy_freezes(self) -> EnvironmentConfig:
+        """`deploy_freeze` (before maintenance windows) still works: each entry becomes a freeze
+        of `windows.freezes` that applies to deploys, in the environment's timezone."""
+        if not self.deploy_freeze:
+            return self
+        converted = [windows.from_fixed_span(w.name, w.start, w.end) if w.start is not None and w.end is not None
+                     else windows.from_weekly_span(w.name, list(w.days), w.from_time or "", w.to_time or "",
+                                                   self.timezone)
+                     for w in self.deploy_freeze]
+        current = self.windows or windows.WindowsConfig()
+        clash = {w.name for w in converted} & {w.name for w in current.freezes}
+        if clash:
+            raise ValueError(f"freeze {sorted(clash)[0]!r} is in both deploy_freeze and windows.freezes; keep it in "
+                             "windows.freezes only (with applies_to: [deploy] for a deploy-only freeze)")
+        merged = windows.WindowsConfig(require_for=current.require_for, maintenance=current.maintenance,
+                                       freezes=[*current.freezes, *converted])  # checked again, names and all
+        object.__setattr__(self, "windows", merged)
+        object.__setattr__(self, "deploy_freeze", [])
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -880,10 +966,11 @@ def check_autoscaler(min_replicas: Any, max_replicas: Any, cpu_percent: Any) -> 
 REASON_MAX = 500
 
 
-def check_reason(reason: Any) -> str:
-    """Why a failover runs: it goes to the artifact, the approval page and the announcements."""
+def check_reason(reason: Any, field: str = "reason") -> str:
+    """Why a failover or an emergency change runs: it goes to the artifact, the approval page
+    and the announcements."""
     if not isinstance(reason, str) or not reason.strip() or len(reason) > REASON_MAX:
-        raise ConfigError(f"reason {reason!r} must be a sentence saying why (1 to {REASON_MAX} characters), "
+        raise ConfigError(f"{field} {reason!r} must be a sentence saying why (1 to {REASON_MAX} characters), "
                           "like 'primary unreachable since 02:10, SEV-1 INC-123'")
     return reason.strip()
 

@@ -119,3 +119,29 @@ def run_analysis(client: httpx.Client, spec: analysis.AnalysisSpec, health_urls:
     return {"label": label, "phase": result.phase, "reasons": list(result.reasons),
             "rows": result.rows(measurements, spec), "first_failure_wall": first_failed,
             "seconds": round(time.monotonic() - started, 3)}
+
+
+def page_check(client: httpx.Client, url: str, marker: str, on: bool) -> Check:
+    """The maintenance page, seen as a user sees it: while `on`, the URL serves a page holding
+    `marker`; once off, it answers 2xx without it."""
+    name = "maintenance page served" if on else "maintenance page gone, the app answers"
+    try:
+        resp = client.get(url)
+    except httpx.HTTPError as exc:
+        return Check(name, False, f"{url} unreachable: {type(exc).__name__}")
+    shown = marker.lower() in resp.text.lower()
+    if on:
+        return Check(name, shown, f"{url} answered {resp.status_code}" + ("" if shown else f", without {marker!r}"))
+    ok = resp.is_success and not shown
+    return Check(name, ok, f"{url} answered {resp.status_code}" + (f", still with {marker!r}" if shown else ""))
+
+
+def wait_page(client: httpx.Client, url: str, marker: str, on: bool, timeout_s: float,
+              poll_s: float = POLL_SECONDS) -> Check:
+    """`page_check` until it passes or `timeout_s` ran out: the last answer either way."""
+    start = time.monotonic()
+    while True:
+        check = page_check(client, url, marker, on)
+        if check.passed or time.monotonic() - start >= timeout_s:
+            return check
+        time.sleep(poll_s)

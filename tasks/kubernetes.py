@@ -668,6 +668,66 @@ def set_ingress_backend(api: client.ApiClient, namespace: str, name: str, servic
         return {"previous": _retrying_conflicts(step)}
 
 
+# Where an Ingress in maintenance mode keeps the backend it had, and who switched it: what
+# lets any later run, also after the one that switched it died, put it back.
+MAINTENANCE_ANNOTATION = "runbook.dev/maintenance"
+
+
+def maintenance_mode(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    """What the Ingress's maintenance annotation says (`backend`, `run`, `since`), or None: off."""
+    annotations = read_ingress(api, namespace, name).get("metadata", {}).get("annotations") or {}
+    raw = annotations.get(MAINTENANCE_ANNOTATION)
+    return json.loads(raw) if raw else None
+
+
+def maintenance_on(api: client.ApiClient, namespace: str, name: str, page_service: str, run: str,
+                   since: str) -> dict[str, Any]:
+    """Route the Ingress to the maintenance page's Service, remembering its backend in the
+    annotation, in one write. Already on: changes nothing and returns what the annotation says."""
+    net = client.NetworkingV1Api(api)
+
+    def step() -> dict[str, Any]:
+        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        annotations = ing.setdefault("metadata", {}).get("annotations") or {}
+        if annotations.get(MAINTENANCE_ANNOTATION):
+            return {**json.loads(annotations[MAINTENANCE_ANNOTATION]), "already": True}
+        backend = rollout.ingress_backend(ing)
+        if backend is None:
+            raise ConfigError(f"Ingress {name!r} in namespace {namespace!r} has no service backend")
+        mark = {"backend": backend, "run": run, "since": since}
+        switched = rollout.with_backend(ing, backend, page_service)
+        switched["metadata"]["annotations"] = {**annotations, MAINTENANCE_ANNOTATION: json.dumps(mark)}
+        switched.pop("status", None)
+        net.replace_namespaced_ingress(name, namespace, switched, _request_timeout=REQUEST_TIMEOUT)
+        return {**mark, "already": False}
+
+    with _calling("turn maintenance mode on for", "Ingress", namespace, name):
+        return _retrying_conflicts(step)
+
+
+def maintenance_off(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
+    """Route the Ingress back to the backend its annotation remembers and drop the annotation,
+    in one write. Already off: None, nothing changed."""
+    net = client.NetworkingV1Api(api)
+
+    def step() -> dict[str, Any] | None:
+        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        annotations = dict(ing.get("metadata", {}).get("annotations") or {})
+        raw = annotations.pop(MAINTENANCE_ANNOTATION, None)
+        if not raw:
+            return None
+        mark = json.loads(raw)
+        current = rollout.ingress_backend(ing)
+        restored = rollout.with_backend(ing, current, mark["backend"]) if current else ing
+        restored["metadata"]["annotations"] = annotations
+        restored.pop("status", None)
+        net.replace_namespaced_ingress(name, namespace, restored, _request_timeout=REQUEST_TIMEOUT)
+        return dict(mark)
+
+    with _calling("turn maintenance mode off for", "Ingress", namespace, name):
+        return _retrying_conflicts(step)
+
+
 def ensure_colour_service(api: client.ApiClient, namespace: str, base: str, colour: str, like: str) -> Obj:
     """The Service `<base>-<colour>` that an Ingress switches to: created, when missing, as a
     copy of Service `like` (the live colour's) selecting `colour` (`kubectl apply -f

@@ -43,3 +43,9 @@ def dr(env: EnvironmentConfig) -> dict[str, int]:
     """One failover, switchover or rebuild of the environment's pair at a time: two would
     fence or promote each other's nodes."""
     return {artifact_key("dr", env.name): 1}
+
+
+def change(env: EnvironmentConfig) -> dict[str, int]:
+    """One change to the environment at a time, whatever the runbook: deploy, migrate,
+    restore, planned failover, drill, maintenance window (`tasks.changes.one_change`)."""
+    return {artifact_key("change", env.name): 1}

@@ -86,7 +86,8 @@ _RUN_NAMES: dict[str, Callable[[dict[str, Any]], str]] = {
                                    + (" (dry run)" if p.get("dry_run") else "")),
     "deploy": lambda p: (f"deploy {p['service']} {p['image']} to {p['environment']}"
                          + _opt(p.get("strategy"), f" ({p.get('strategy')})")
-                         + _opt(p.get("migrate"), f", migrate {p.get('migrate')}")),
+                         + _opt(p.get("migrate"), f", migrate {p.get('migrate')}")
+                         + (" (emergency)" if p.get("emergency") is True else "")),
     "rollback": lambda p: (f"rollback {p['service']} in {p['environment']}"
                            + _opt(p.get("to_revision"), f" to revision {p.get('to_revision')}")
                            + _opt(p.get("with_database"), f" with database {p.get('with_database')}")),
@@ -100,6 +101,8 @@ _RUN_NAMES: dict[str, Callable[[dict[str, Any]], str]] = {
     "rebuild-replica": lambda p: f"rebuild-replica in {p['environment']}",
     "primary-watch": lambda p: f"primary-watch in {p['environment']}",
     "dr-drill": lambda p: f"dr-drill in {p['environment']}",
+    "maintenance-window": lambda p: (f"maintenance-window in {p['environment']}"
+                                     + _opt(p.get("window"), f" ({p.get('window')})")),
     "scale": lambda p: f"scale {p['service']} to {p['replicas']} in {p['environment']}",
     "restart": lambda p: f"restart {p['service']} in {p['environment']}",
     "autoscale": lambda p: (f"autoscale {p['service']} {p['min']}-{p['max']} at {p['cpu_percent']}% cpu "

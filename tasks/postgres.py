@@ -22,9 +22,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tasks.config import DatabaseConfig
 from tasks.errors import CheckFailed, ConfigError, PermanentError, TransientError
-from tasks.redact import scrub
+from tasks.redact import MASK, scrub
 
 CONNECT_TIMEOUT_S = 10  # libpq's default is to wait forever on a silent network
 PROBE_TIMEOUT_S = 3.0  # is anything listening where the server should be
@@ -538,3 +538,267 @@ def wait_archived(conn: psycopg.Connection[Any], walfile: str | None, timeout: f
             return None
         time.sleep(0.1)
     return None
+
+
+# --- routine maintenance: vacuum, reindex, stuck sessions ---------------------------------------
+
+QUERY_TEXT_CHARS = 200  # of a session's query text, in a report
+# Indexes a concurrent reindex leaves behind when it is interrupted (crash, cancel, a failed
+# build): the transient copy is `<index>_ccnew[N]`, the original after the swap `<index>_ccold[N]`.
+_REINDEX_LEFTOVER = re.compile(r"_cc(new|old)[0-9]*$")
+# Password literals in query text (ALTER ROLE ... PASSWORD '...', a conninfo's password=...),
+# which no SecretRef knows about; a literal cut short by track_activity_query_size has no
+# closing quote, and is masked to the end.
+_QUOTED_PASSWORD = re.compile(r"(?i)(\bpassword\b(?:\s+|\s*=\s*))E?'(?:[^']|'')*(?:'|$)")
+_BARE_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)[^\s',)]+")
+
+
+def _need_autocommit(conn: psycopg.Connection[Any], what: str) -> None:
+    if not conn.autocommit:
+        raise ConfigError(f"{what} cannot run inside a transaction block: use a connection from "
+                          "connect(server, dbname), which is in autocommit mode")
+
+
+def _table_identifier(name: str) -> sql.Identifier:
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ConfigError(f"table {name!r}: give schema.table (or table, found through the search_path), "
+                          "unquoted, as the catalog spells it")
+    return sql.Identifier(*parts)
+
+
+def _dead_tuples(conn: psycopg.Connection[Any], relids: list[int] | None) -> tuple[int, int]:
+    """(tables, their n_dead_tup sum) from pg_stat_user_tables: these tables, or all."""
+    row = conn.execute(
+        "SELECT count(*), coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables "
+        "WHERE %(relids)s::oid[] IS NULL OR relid = ANY(%(relids)s::oid[])", {"relids": relids}).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def vacuum_analyze(conn: psycopg.Connection[Any], tables: Sequence[str] | None = None) -> dict[str, Any]:
+    """VACUUM (ANALYZE) the given tables ("schema.table"), or with None the whole database.
+
+    Returns {"tables", "seconds", "dead_tuples_before", "dead_tuples_after"}: the dead tuples
+    are pg_stat_user_tables' n_dead_tup summed over the tables (over every user table for
+    the whole database), an estimate the statistics system keeps. A table that does not
+    exist is a ConfigError, raised before anything is vacuumed."""
+    _need_autocommit(conn, "VACUUM")
+    relids: list[int] | None = None
+    targets: list[sql.Identifier] = []
+    if tables is not None:
+        if isinstance(tables, str) or not tables:
+            raise ConfigError(f"tables {tables!r}: give a list of schema.table names, or None for the whole database")
+        targets = [_table_identifier(name) for name in tables]
+        found = [conn.execute("SELECT to_regclass(%s)::oid", (t.as_string(conn),)).fetchone() for t in targets]
+        missing = [name for name, row in zip(tables, found, strict=True) if row is None or row[0] is None]
+        if missing:
+            db = conn.info.dbname
+            raise ConfigError(f"no such table in database {db!r}: {', '.join(map(repr, missing))}")
+        relids = [int(row[0]) for row in found if row is not None]
+    count, before = _dead_tuples(conn, relids)
+    started = time.monotonic()
+    statement = sql.SQL("VACUUM (ANALYZE)")
+    if targets:
+        statement = statement + sql.SQL(" ") + sql.SQL(", ").join(targets)
+    conn.execute(statement)
+    seconds = round(time.monotonic() - started, 3)
+    _, after = _dead_tuples(conn, relids)
+    return {"tables": count, "seconds": seconds, "dead_tuples_before": before, "dead_tuples_after": after}
+
+
+@dataclass(frozen=True)
+class _Index:
+    schema: str
+    name: str
+    filenode: int | None
+    valid: bool
+    exclusion: bool
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def _user_indexes(conn: psycopg.Connection[Any]) -> dict[str, _Index]:
+    """Every index (with storage: no partitioned parents) in the database's user schemas."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname, pg_relation_filenode(c.oid), i.indisvalid, i.indisexclusion
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'i' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    indexes = [_Index(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+    return {i.qualified: i for i in indexes}
+
+
+def _drop_reindex_leftovers(conn: psycopg.Connection[Any], concurrently: bool) -> list[str]:
+    """Drop the invalid `_ccnew`/`_ccold` indexes an interrupted REINDEX CONCURRENTLY left
+    behind (what a crash or a cancel leaves): PostgreSQL's own advice is to drop them
+    (https://www.postgresql.org/docs/15/sql-reindex.html, "Rebuilding Indexes
+    Concurrently"). Left in place, a later REINDEX CONCURRENTLY skips them, a plain one
+    rebuilds them into duplicates, and every write keeps maintaining them. Tables with an
+    index build in progress are left alone: their `_ccnew` is being built right now."""
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.relname
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
+          AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
+          AND i.indrelid NOT IN (SELECT relid FROM pg_stat_progress_create_index)
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    dropped = []
+    for schema, name in rows:
+        assert _REINDEX_LEFTOVER.search(name)
+        conn.execute(sql.SQL("DROP INDEX {} IF EXISTS {}").format(
+            sql.SQL("CONCURRENTLY") if concurrently else sql.SQL(""), sql.Identifier(schema, name)))
+        dropped.append(f"{schema}.{name}")
+    return dropped
+
+
+def reindex(conn: psycopg.Connection[Any], concurrently: bool = True) -> dict[str, Any]:
+    """Rebuild the indexes of the current database's user schemas, schema by schema.
+
+    First drops the invalid leftovers of an interrupted concurrent reindex. With
+    `concurrently`, each schema gets REINDEX SCHEMA CONCURRENTLY, which blocks no reads or
+    writes; a schema for which the server refuses it (FeatureNotSupported) gets a plain
+    REINDEX SCHEMA instead, and is listed in `fallbacks`. A concurrent reindex skips
+    invalid indexes and exclusion-constraint indexes: they are listed in `not_rebuilt`,
+    with the reason. A plain reindex (`concurrently=False`, or a fallback) blocks writes to
+    each table while its indexes are rebuilt, and rebuilds invalid indexes too; a unique
+    one over duplicate rows makes it fail (PermanentError naming the schema).
+
+    Returns {"schemas": [names], "indexes": rebuilt count, "seconds", "concurrently",
+    "fallbacks": [{"schema", "reason"}], "leftovers_dropped": ["schema.index"],
+    "not_rebuilt": [{"index", "reason"}]}. An index counts as rebuilt when its storage
+    (pg_relation_filenode) changed."""
+    _need_autocommit(conn, "REINDEX CONCURRENTLY" if concurrently else "REINDEX")
+    started = time.monotonic()
+    dropped = _drop_reindex_leftovers(conn, concurrently)
+    before = _user_indexes(conn)
+    schemas = sorted({i.schema for i in before.values()})
+    fallbacks: list[dict[str, str]] = []
+    for schema in schemas:
+        if concurrently:
+            try:
+                conn.execute(sql.SQL("REINDEX SCHEMA CONCURRENTLY {}").format(sql.Identifier(schema)))
+                continue
+            except psycopg.errors.FeatureNotSupported as exc:
+                reason = exc.diag.message_primary or str(exc)
+                fallbacks.append({"schema": schema, "reason": scrub(reason.strip())})
+        try:
+            conn.execute(sql.SQL("REINDEX SCHEMA {}").format(sql.Identifier(schema)))
+        except psycopg.Error as exc:
+            if exc.sqlstate and exc.sqlstate.startswith(("08", "53", "57P")):
+                raise classify(exc) from None
+            # The primary message only: its DETAIL quotes the duplicated key, which is data.
+            raise PermanentError(f"REINDEX SCHEMA {schema!r} failed ({exc.sqlstate}): "
+                                 f"{scrub((exc.diag.message_primary or str(exc)).strip())}") from None
+    if fallbacks:  # a refused concurrent attempt may have left its own leftovers
+        dropped += _drop_reindex_leftovers(conn, concurrently=False)
+    after = _user_indexes(conn)
+    rebuilt = [name for name, i in before.items() if name in after and after[name].filenode != i.filenode]
+    not_rebuilt = []
+    for name, index in before.items():
+        if name in rebuilt or name not in after:
+            continue
+        if not index.valid:
+            reason = "invalid (a failed CREATE INDEX CONCURRENTLY?): drop it, or rebuild it with REINDEX INDEX"
+        elif index.exclusion:
+            reason = "exclusion constraint: REINDEX CONCURRENTLY cannot rebuild it; a plain reindex can"
+        else:
+            reason = "not rebuilt (not owned by this role?)"
+        not_rebuilt.append({"index": name, "reason": reason})
+    return {
+        "schemas": schemas,
+        "indexes": len(rebuilt),
+        "seconds": round(time.monotonic() - started, 3),
+        "concurrently": concurrently,
+        "fallbacks": fallbacks,
+        "leftovers_dropped": dropped,
+        "not_rebuilt": not_rebuilt,
+    }
+
+
+@dataclass(frozen=True)
+class StuckSession:
+    """A client session whose transaction (or, outside one, query) has run too long."""
+
+    pid: int
+    user: str | None
+    database: str | None
+    application: str
+    state: str
+    age_seconds: float
+    query: str  # scrubbed of secrets and password literals, whitespace collapsed, cut short
+
+
+def _mask_passwords(text: str) -> str:
+    text = _QUOTED_PASSWORD.sub(lambda m: f"{m.group(1)}'{MASK}'", text)
+    return _BARE_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+
+def query_text(text: str | None, limit: int = QUERY_TEXT_CHARS) -> str:
+    """A session's query text fit for a report: secrets out first (before the text is cut,
+    which could halve a secret and hide it from the scrubber), then whitespace collapsed."""
+    clean = _mask_passwords(scrub(text or ""))
+    return " ".join(clean.split())[:limit]
+
+
+def stuck_sessions(conn: psycopg.Connection[Any], older_than: timedelta,
+                   dbname: str | None = None) -> list[StuckSession]:
+    """Client sessions, our own excepted, that are active or idle in a transaction, whose
+    transaction (outside one: query) started more than `older_than` ago; in `dbname` only,
+    if given. Oldest first. Other roles' sessions show only to a superuser or a member of
+    pg_read_all_stats: to anyone else they have no state, and are not listed."""
+    rows = conn.execute(
+        """
+        SELECT pid, usename, datname, coalesce(application_name, ''), state,
+               extract(epoch FROM clock_timestamp() - coalesce(xact_start, query_start)), query
+        FROM pg_stat_activity
+        WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+          AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')
+          AND coalesce(xact_start, query_start) < clock_timestamp() - %(older_than)s::interval
+          AND (%(dbname)s::text IS NULL OR datname = %(dbname)s::text)
+        ORDER BY 6 DESC, pid
+        """,
+        {"older_than": older_than, "dbname": dbname},
+    ).fetchall()
+    return [StuckSession(pid=int(r[0]), user=r[1], database=r[2], application=r[3], state=r[4],
+                         age_seconds=round(float(r[5]), 3), query=query_text(r[6])) for r in rows]
+
+
+def terminate_sessions(conn: psycopg.Connection[Any], pids: Sequence[int],
+                       wait: float = SESSIONS_END_WAIT_S) -> list[int]:
+    """pg_terminate_backend each client session of `pids`, and wait (up to `wait` s) for them
+    to end; returns those that ended, in the order given. A pid that is no longer a client
+    session (ended already, or never was one: a background worker, our own session) is
+    skipped. Needs superuser or pg_signal_backend (superuser for superusers' sessions)."""
+    _need_autocommit(conn, "waiting for sessions to end")  # each poll needs a fresh pg_stat_activity
+    wanted = [int(p) for p in pids]
+    if not wanted:
+        return []
+    # Chosen first, signalled after: in one WHERE clause the planner may call
+    # pg_terminate_backend before the filters, on our own session too.
+    candidates = [int(r[0]) for r in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s) AND pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend'", (wanted,)).fetchall()]
+    signalled = {pid for pid in candidates
+                 if conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)}
+    deadline = time.monotonic() + wait
+    alive = signalled
+    while alive:
+        alive = {int(r[0]) for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (list(alive),)).fetchall()}
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return [p for p in dict.fromkeys(wanted) if p in signalled and p not in alive]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -85,6 +86,117 @@ def holding(limits: dict[str, int], timeout_seconds: float) -> Iterator[None]:
         yield
 
 
+# --- who holds an environment's change slot ---------------------------------------------------------
+
+# Prefect's API does not say which run holds a global concurrency slot, so the holder tags
+# itself; runs that are not running any more do not count, whatever their tags.
+CHANGE_TAG = "change:{}"
+_HOLDING_STATES = ("RUNNING", "PAUSED", "CANCELLING")
+
+
+@dataclass(frozen=True)
+class RunRef:
+    id: str
+    name: str
+    flow: str
+    state: str
+    url: str
+
+    def describe(self) -> str:
+        return f"{self.flow} run {self.name!r} ({self.state.lower()}, {self.url})"
+
+
+def describe_runs(runs: list[RunRef]) -> str:
+    return ", ".join(r.describe() for r in runs)
+
+
+def run_url(flow_run_id: Any) -> str:
+    from prefect.settings import get_current_settings
+
+    ui = (get_current_settings().ui_url or "").rstrip("/")
+    return f"{ui}/runs/flow-run/{flow_run_id}" if ui else f"flow run {flow_run_id}"
+
+
+def _ancestors() -> set[str]:
+    """This run and the runs above it (a subflow's parent holds the slot for it)."""
+    from prefect.context import FlowRunContext
+
+    found: set[str] = set()
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return found
+    found.add(str(ctx.flow_run.id))
+    with get_sync_client() as client:
+        run = ctx.flow_run
+        while run.parent_task_run_id is not None:
+            parent = client.read_task_run(run.parent_task_run_id).flow_run_id
+            if parent is None or str(parent) in found:
+                break
+            found.add(str(parent))
+            run = client.read_flow_run(parent)
+    return found
+
+
+def change_holders(environment: str) -> list[RunRef]:
+    """The runs, other than this one and its parents, that hold the environment's change slot."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    mine = _ancestors()
+    with get_sync_client() as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[CHANGE_TAG.format(environment)]),
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in _HOLDING_STATES]))))
+        flows = {r.flow_id: client.read_flow(r.flow_id).name for r in runs if str(r.id) not in mine}
+    return [RunRef(str(r.id), r.name, flows[r.flow_id], r.state_type.value if r.state_type else "?", run_url(r.id))
+            for r in runs if str(r.id) not in mine]
+
+
+@contextmanager
+def marked_change_holder(environment: str) -> Iterator[None]:
+    """Tag this run as the holder of the environment's change slot while it holds it."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        yield
+        return
+    tag = CHANGE_TAG.format(environment)
+    _retag(ctx.flow_run.id, add=tag)
+    try:
+        yield
+    finally:
+        _retag(ctx.flow_run.id, remove=tag)
+
+
+def _retag(flow_run_id: Any, add: str | None = None, remove: str | None = None) -> None:
+    with get_sync_client() as client:
+        tags = set(client.read_flow_run(flow_run_id).tags or [])
+        client.update_flow_run(flow_run_id, tags=sorted((tags | {add} if add else tags) - {remove}))
+
+
+def say(message: str) -> None:
+    """A line in the run's log (or the process's, outside a run)."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger, get_run_logger
+
+    try:
+        get_run_logger().info(scrub(message))
+    except MissingContextError:
+        get_logger("runbook").info(scrub(message))
+
+
+def get_sync_client() -> Any:
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
 # How often a crashed run is resumed (`deployments/automations.py` reschedules it) before
 # it stops and says so: a run that keeps killing its worker needs a person.
 MAX_RESUMES = 2
@@ -146,3 +258,18 @@ def tag_run(flow: Any, flow_run: Any, state: Any) -> None:
 
 # Every runbook's `@flow(..., **HOOKS)`: tagged when it runs; an event when cancelled or crashed.
 HOOKS: dict[str, Any] = {"on_running": [tag_run], "on_cancellation": [interrupted], "on_crashed": [interrupted]}
+
+
+# --- variables: what runs remember between them -------------------------------------------------------
+
+
+def read_variable(name: str, default: Any) -> Any:
+    from prefect.variables import Variable
+
+    return Variable.get(name, default=default, _sync=True)  # type: ignore[call-arg]
+
+
+def write_variable(name: str, value: Any) -> None:
+    from prefect.variables import Variable
+
+    Variable.set(name, value, overwrite=True, _sync=True)  # type: ignore[call-arg]

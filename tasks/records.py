@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from tasks.backups import Manifest
@@ -271,3 +272,59 @@ class DrRecord(RunRecord):
     def failed_checks(self) -> str | None:
         bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
         return "; ".join(bad) if bad else None
+
+
+# --- maintenance windows ------------------------------------------------------------------------
+
+
+@dataclass
+class MaintenanceRecord(RunRecord):
+    """What a maintenance window did: the window, a timeline against it, each task's result
+    and figures, and maintenance mode on and off (also what an earlier run left on)."""
+
+    environment: str
+    window: str | None = None  # the occurrence, described
+    window_start: str | None = None  # ISO
+    window_end: str | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # {"at", "into window", "step", "detail"}
+    tasks: list[dict[str, Any]] = field(default_factory=list)  # {"task", "result", "seconds", "estimate", "figures"}
+    checks: list[Check] = field(default_factory=list)
+    left_on: dict[str, Any] | None = None  # maintenance mode an earlier run left on, turned off first
+    mode_on: bool = False
+    mode_off: bool | None = None  # None: never turned on
+
+    def step(self, at: datetime, step: str, detail: str) -> None:
+        into = ""
+        if self.window_start is not None:
+            seconds = int((at - datetime.fromisoformat(self.window_start)).total_seconds())
+            into = f"{'-' if seconds < 0 else '+'}{abs(seconds) // 60}m{abs(seconds) % 60:02d}s"
+        self.timeline.append({"at": at.isoformat(timespec="seconds"), "into window": into, "step": step,
+                              "detail": scrub(detail)})
+
+    def fail(self, exc: BaseException) -> None:
+        super().fail(exc)
+        if isinstance(exc, PolicyRefused):
+            self.outcome = "refused"
+
+    def task_result(self, label: str, result: str, seconds: float | None, estimate: str, detail: str,
+                    figures: dict[str, Any] | None = None) -> None:
+        self.tasks.append({"task": label, "result": result, "seconds": seconds, "estimate": estimate,
+                           "detail": scrub(detail), "figures": scrub(_figures_text(figures or {}))})
+
+    @property
+    def skipped(self) -> list[str]:
+        return [t["task"] for t in self.tasks if t["result"] == "skipped"]
+
+    @property
+    def passed(self) -> bool:
+        return (self.failure is None and all(c.passed for c in self.checks)
+                and all(t["result"] in ("done", "skipped") for t in self.tasks))
+
+    def failed_checks(self) -> str | None:
+        bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+        bad += [f"{t['task']}: {t['detail']}" for t in self.tasks if t["result"] == "failed"]
+        return "; ".join(bad) if bad else None
+
+
+def _figures_text(figures: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in figures.items())

@@ -28,7 +28,14 @@ from tasks.config import EnvironmentConfig, ServiceConfig
 from tasks.migration_plan import HISTORY_TABLE, result_rows
 from tasks.naming import artifact_key
 from tasks.pgbackrest import PhysicalBackup, StanzaInfo
-from tasks.records import ClusterRecord, DeployRecord, DrRecord, MigrationRecord, RestoreRecord
+from tasks.records import (
+    ClusterRecord,
+    DeployRecord,
+    DrRecord,
+    MaintenanceRecord,
+    MigrationRecord,
+    RestoreRecord,
+)
 from tasks.retention import RetentionPlan
 
 LOG_CHARS = 20_000  # of a Job's log kept in a report: the end, where the error is
@@ -729,3 +736,71 @@ def drill_figures(rows: Sequence[dict[str, Any]], objectives: Any) -> dict[str, 
     return {"RTO objective": f"{objectives.rto.total_seconds():g} s", "RPO objective":
             f"{objectives.rpo.total_seconds():g} s", "worst measured RTO (s)": max(rtos) if rtos else "unknown",
             "worst measured RPO (bytes)": max((r.get("rpo_bytes") or 0) for r in rows) if rows else "unknown"}
+
+
+# --- maintenance windows --------------------------------------------------------------------------
+
+
+def maintenance_outcome(rec: MaintenanceRecord) -> str:
+    if rec.outcome == "cancelled":
+        return "CANCELLED"
+    if rec.outcome == "refused":
+        return "REFUSED"
+    if rec.outcome == "running":
+        return "RUNNING"
+    if not rec.passed:
+        return "FAILED"
+    return "STOPPED AT THE WINDOW'S END" if rec.skipped else "SUCCEEDED"
+
+
+def maintenance(rec: MaintenanceRecord) -> Report:
+    """The report of a maintenance window: the window, maintenance mode, the timeline against
+    the window, each task with its figures, the checks, and a `runbook.maintenance.<outcome>`
+    event."""
+    outcome = maintenance_outcome(rec)
+    figures: list[tuple[str, Any]] = [
+        ("window", rec.window or "-"), ("maintenance mode on", rec.mode_on),
+        ("maintenance mode off again", "-" if rec.mode_off is None else rec.mode_off),
+        ("tasks done", sum(1 for t in rec.tasks if t["result"] == "done")),
+        ("tasks skipped", ", ".join(rec.skipped) or "none"),
+        ("tasks failed", ", ".join(t["task"] for t in rec.tasks if t["result"] == "failed") or "none")]
+    notes = list(rec.notes)
+    if rec.left_on:
+        notes.insert(0, f"Maintenance mode was found on, left by run {rec.left_on.get('run')} since "
+                        f"{rec.left_on.get('since')}; it was turned off before anything else.")
+    if rec.skipped:
+        notes.append(f"Stopped before {rec.skipped[0]}: it could not finish before the window's end. Not run: "
+                     f"{', '.join(rec.skipped)}. Schedule them in the next window.")
+    report = Report(artifact_key("maintenance", rec.environment), f"Maintenance window in `{rec.environment}`",
+                    outcome, failure=rec.failure or rec.failed_checks(), notes=notes, figures=figures,
+                    checks=list(rec.checks), timings=dict(rec.timings))
+    if rec.timeline:
+        report.sections.append(Section("Timeline against the window", rows=rec.timeline,
+                                       columns=["at", "into window", "step", "detail"]))
+    if rec.tasks:
+        report.sections.append(Section("Tasks", rows=rec.tasks,
+                                       columns=["task", "result", "seconds", "estimate", "detail", "figures"]))
+        report.tables.append(Table(artifact_key("maintenance-tasks", rec.environment), rec.tasks,
+                                   f"Maintenance tasks in {rec.environment}"))
+    word = outcome.lower().split(" ")[0]
+    report.events.append(Event(f"runbook.maintenance.{word}", f"runbook.environment.{rec.environment}", {
+        "environment": rec.environment, "window": rec.window, "tasks": {t["task"]: t["result"] for t in rec.tasks},
+        "skipped": rec.skipped, "mode_on": rec.mode_on, "mode_off": rec.mode_off, "left_on": bool(rec.left_on),
+        "checks": {c.name: c.passed for c in rec.checks}, "error": report.failure}))
+    return report
+
+
+def maintenance_announcement(rec: MaintenanceRecord, phase: str, link: str | None) -> Any:
+    """The start or the end of a maintenance window, for the notifier."""
+    from tasks.notify import Announcement
+
+    done = [f"{t['task']}: {t['result']}" for t in rec.tasks]
+    if phase == "started":
+        return Announcement(what=f"Maintenance window in {rec.environment}: {rec.window}", status="In progress",
+                            details=[f"window: {rec.window_start} to {rec.window_end}"], link=link,
+                            severity="maintenance", impact="Users see the maintenance page while it runs")
+    return Announcement(what=f"Maintenance window in {rec.environment}: {maintenance_outcome(rec)}",
+                        status="Completed" if rec.passed else "Needs attention", details=done or ["no task ran"],
+                        link=link, resolved=True, severity="maintenance",
+                        impact=None if rec.mode_off is not False else "Maintenance mode may still be on",
+                        root_cause=rec.failure or rec.failed_checks())

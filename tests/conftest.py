@@ -93,6 +93,25 @@ def through_proxies(sandbox: Any) -> Any:
     return through_proxies(sandbox)
 
 
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Any]:
+    """A local HTTP receiver as the environment's incident webhook (its URL in the variable the
+    sandbox environment names), for one test module."""
+    from sandbox.state import ENV_WEBHOOK_URL
+    from sandbox.webhook import receiving_webhook
+
+    with receiving_webhook() as hook:
+        saved = os.environ.get(ENV_WEBHOOK_URL)
+        os.environ[ENV_WEBHOOK_URL] = hook.url
+        try:
+            yield hook
+        finally:
+            if saved is None:
+                os.environ.pop(ENV_WEBHOOK_URL, None)
+            else:
+                os.environ[ENV_WEBHOOK_URL] = saved
+
+
 def _faults(control_url: str) -> Iterator[Any]:
     from sandbox.faultproxy import FaultProxyClient
 

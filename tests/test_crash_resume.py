@@ -40,6 +40,7 @@ from deployments.automations import ensure_automations
 from flows.backup import backup_database
 from flows.deploy import deploy
 from flows.dr_failover import dr_failover
+from flows.maintenance_window import maintenance_window
 from flows.physical_backup import physical_backup
 from flows.pitr_restore import pitr_restore
 from flows.restore_database import restore_database
@@ -48,7 +49,7 @@ from sandbox.cluster import GOOD_IMAGE, NAMESPACE
 from sandbox.environment import environment_dict, through_proxies
 from sandbox.faultproxy import FaultProxyClient
 from sandbox.orchestration import PrefectServer, Worker
-from tasks import backups, postgres
+from tasks import backups, kubernetes, postgres
 from tasks.config import load_environment
 from tasks.storage import open_storage
 from tests.cluster_state import put_back_pair, rolled_out
@@ -113,7 +114,8 @@ def stack(sandbox: Any, environments_dir: Path, tmp_path_factory: pytest.TempPat
                                    (restore_database, "flows/restore_database.py:restore_database"),
                                    (backup_database, "flows/backup.py:backup_database"),
                                    (pitr_restore, "flows/pitr_restore.py:pitr_restore"),
-                                   (dr_failover, "flows/dr_failover.py:dr_failover")):
+                                   (dr_failover, "flows/dr_failover.py:dr_failover"),
+                                   (maintenance_window, "flows/maintenance_window.py:maintenance_window")):
                 deployments[fl.name] = fl.from_source(source=str(orchestration.REPO_ROOT), entrypoint=entrypoint).deploy(
                     name=ENV, work_pool_name=POOL, tags=["runbook", fl.name, ENV], print_next_steps=False,
                     ignore_warnings=True, job_variables={"command": f"{sys.executable} -m prefect.engine"})
@@ -488,3 +490,78 @@ def _in_an_hour() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC) + timedelta(hours=1)
+
+
+# --- maintenance mode goes off, however the run ends ------------------------------------------------
+
+
+def page_status(env: str) -> int:
+    mode = load_environment(env).maintenance.mode  # type: ignore[union-attr]
+    return httpx.get(mode.page_url, timeout=5).status_code
+
+
+def maintenance_mark(env: str) -> Any:
+    cfg = load_environment(env)
+    mode = cfg.maintenance.mode  # type: ignore[union-attr]
+    with kubernetes.api_client(cfg.kubernetes) as api:
+        return kubernetes.maintenance_mode(api, mode.namespace, mode.ingress)
+
+
+def clear_signal(stack: Stack, point: str) -> None:
+    (stack.root / "signals" / point).unlink(missing_ok=True)
+
+
+MAINTENANCE_TASKS = [{"kind": "vacuum_analyze", "database": "pgbench"}]
+
+
+def test_a_maintenance_run_cancelled_with_the_page_on_turns_it_off(stack: Stack, sandbox: Any) -> None:
+    clear_signal(stack, "maintenance.mode-on")
+    worker = stack.worker("cancel-maintenance", faults="maintenance.mode-on:hang")
+    try:
+        run_id = start_run(stack, "maintenance-window", environment=ENV, tasks=MAINTENANCE_TASKS)
+        wait_for("maintenance mode is on", lambda: signalled(stack, "maintenance.mode-on"), 120, [worker.log])
+        assert page_status(ENV) == 503 and maintenance_mark(ENV) is not None
+        cancel(stack, run_id)
+        wait_final(stack, [run_id], [worker.log], timeout=90)
+        assert read_run(stack, run_id).state.type == StateType.CANCELLED
+        assert page_status(ENV) == 200 and maintenance_mark(ENV) is None
+        report = latest_report(stack, f"maintenance-{ENV}")
+        assert "CANCELLED" in report and "| maintenance page gone, the app answers | pass |" in report
+    finally:
+        worker.stop()
+        _page_off(ENV)
+
+
+def test_a_maintenance_run_killed_with_the_page_on_leaves_it_to_the_next_run_which_turns_it_off(
+        stack: Stack, sandbox: Any) -> None:
+    from prefect.states import Cancelled
+
+    clear_signal(stack, "maintenance.mode-on")
+    first = stack.worker("kill-maintenance", faults="maintenance.mode-on:hang")
+    second = None
+    try:
+        killed = start_run(stack, "maintenance-window", environment=ENV, tasks=MAINTENANCE_TASKS)
+        wait_for("maintenance mode is on", lambda: signalled(stack, "maintenance.mode-on"), 120, [first.log])
+        first.kill()  # kill -9: no finally, no hook; the page stays on
+        assert page_status(ENV) == 503 and maintenance_mark(ENV)["run"] == str(killed)
+        with stack.client() as c:  # an operator gives up on it: it is not resumed
+            c.set_flow_run_state(killed, Cancelled(message="its worker died; not resumed"), force=True)
+        second = stack.worker("after-kill-maintenance")
+        next_run = start_run(stack, "maintenance-window", environment=ENV, tasks=MAINTENANCE_TASKS)
+        wait_final(stack, [next_run], [second.log])  # waits out the dead run's change slot lease first
+        assert read_run(stack, next_run).state.type == StateType.COMPLETED
+        assert page_status(ENV) == 200 and maintenance_mark(ENV) is None
+        report = latest_report(stack, f"maintenance-{ENV}")
+        assert f"Maintenance mode was found on, left by run {killed}" in report and "SUCCEEDED" in report
+    finally:
+        first.kill()
+        if second is not None:
+            second.stop()
+        _page_off(ENV)
+
+
+def _page_off(env: str) -> None:
+    cfg = load_environment(env)
+    mode = cfg.maintenance.mode  # type: ignore[union-attr]
+    with kubernetes.api_client(cfg.kubernetes) as api:
+        kubernetes.maintenance_off(api, mode.namespace, mode.ingress)

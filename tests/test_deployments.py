@@ -23,14 +23,14 @@ def test_prefect_yaml_entrypoints_resolve_to_flows() -> None:
 
 def test_prefect_yaml_schedules_nightly_backup_and_sunday_restore_test() -> None:
     doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    crons = {(d["entrypoint"], s["cron"]) for d in doc["deployments"] for s in d.get("schedules", [])}
+    crons = {(d["entrypoint"], s.get("cron")) for d in doc["deployments"] for s in d.get("schedules", [])}
     assert ("flows/backup.py:backup_all", "0 2 * * *") in crons
     assert ("flows/restore_test.py:restore_test", "0 3 * * 0") in crons
 
 
 def test_prefect_yaml_schedules_physical_backups_and_the_physical_restore_test_beside_the_logical_one() -> None:
     doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    crons = {(d["entrypoint"], d["parameters"].get("type"), s["cron"]) for d in doc["deployments"]
+    crons = {(d["entrypoint"], d["parameters"].get("type"), s.get("cron")) for d in doc["deployments"]
              for s in d.get("schedules", [])}
     assert ("flows/physical_backup.py:physical_backup", "incr", "0 * * * *") in crons  # hourly
     assert ("flows/physical_backup.py:physical_backup", "full", "30 1 * * *") in crons  # daily
@@ -130,3 +130,24 @@ def test_the_runs_list_names_each_run_from_its_parameters_and_tags_it(make_envir
         f"scale api to 5000 in {env}": sorted(["runbook", "scale", env]),
         f"restore nope in {env} from the newest backup (new)": sorted(["runbook", "restore-database", env]),
     }
+
+
+def _maintenance_schedules_in_prefect_yaml() -> dict[tuple[str, str], list[dict[str, str]]]:
+    doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    return {(d["parameters"]["environment"], d["parameters"]["window"]): d.get("schedules", [])
+            for d in doc["deployments"]
+            if d["entrypoint"] == "flows/maintenance_window.py:maintenance_window" and "window" in d["parameters"]}
+
+
+def test_prefect_yaml_schedules_each_maintenance_window_as_the_environment_defines_it(sandbox: Any) -> None:
+    from deployments.serve import maintenance_schedules
+    from tasks.config import load_environment
+
+    in_yaml = _maintenance_schedules_in_prefect_yaml()
+    envs = [load_environment("sandbox"), *map(load_environment, sorted((REPO_ROOT / "environments" / "examples")
+                                                                       .glob("*.yaml")))]
+    expected = {(env.name, window): [rule] for env in envs for window, rule in maintenance_schedules(env).items()}
+    covered = {e for e, _ in in_yaml}
+    assert {"sandbox", "sevfleet"} <= covered, "prefect.yaml schedules the example windows"
+    # Every window of an environment prefect.yaml covers is scheduled, at its start, and nothing else is.
+    assert {k: v for k, v in expected.items() if k[0] in covered} == in_yaml

@@ -28,27 +28,11 @@ from flows.dr_failover import dr_failover
 from flows.primary_watch import primary_watch
 from flows.rebuild_replica import rebuild_replica
 from sandbox import replication
-from sandbox.state import ENV_WEBHOOK_URL
-from sandbox.webhook import receiving_webhook
 from tasks.config import load_environment
 from tasks.errors import ConfigError
 from tests.cluster_state import latest_report, put_back_pair
 
 pytestmark = pytest.mark.scenario
-
-
-@pytest.fixture(scope="module")
-def webhook() -> Iterator[Any]:
-    with receiving_webhook() as hook:
-        saved = os.environ.get(ENV_WEBHOOK_URL)
-        os.environ[ENV_WEBHOOK_URL] = hook.url
-        try:
-            yield hook
-        finally:
-            if saved is None:
-                os.environ.pop(ENV_WEBHOOK_URL, None)
-            else:
-                os.environ[ENV_WEBHOOK_URL] = saved
 
 
 @pytest.fixture

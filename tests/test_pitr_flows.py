@@ -159,7 +159,14 @@ def test_a_physical_restore_test_passes_with_measured_rto_and_rpo(cluster_env: s
     # ephemeral port would hold it: the instance must start on the next one.
     cfg = load_environment(cluster_env).cluster("main")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind((pghost.host_of(cfg), pghost.free_port(cfg)))
+        taken: list[int] = []  # ports that look free but are held already (that is the point)
+        while True:
+            port = pghost.free_port(cfg, taken)
+            try:
+                held.bind((pghost.host_of(cfg), port))
+                break
+            except OSError:
+                taken.append(port)
         result = physical_restore_test(cluster_env, "main")
     assert 0 < result["rto_seconds"] < 1800
     text = report(f"physical-restore-test-{cluster_env}-main")

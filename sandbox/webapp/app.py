@@ -5,7 +5,8 @@ Every Service is addressed by path, /svc/NAMESPACE/SERVICE/..., or through an In
 backend names (its default backend, else its first rule's first path).
 
     GET /svc/NS/SVC/health     200 {"status": "ok", "versions": {IMAGE: PODS}, "pods": N}
-                               503 {"status": "unhealthy" | "unavailable", "reason": ..., ...}
+                               503 {"status": "unhealthy" | "unavailable" | "maintenance",
+                                    "reason": ..., ...}
                                pods with PGHOST in their environment: also the database
                                each points at must answer and be writable (database.py);
                                "databases": {"HOST:PORT": "ok" | "read-only" | "unreachable"}
@@ -13,7 +14,10 @@ backend names (its default backend, else its first rule's first path).
                                and latency p50/p95/p99 (ms), per version too;
                                ?format=prometheus for Prometheus text
     GET /svc/NS/SVC/[anything] one real request: 200 {"version", "latency_ms"} or 500, after
-                               the version's latency
+                               the version's latency; in maintenance (a routed version is
+                               a maintenance page, traffic.py) the page: 503 text/html
+                               with "Down for maintenance", Retry-After: 600 and
+                               X-Sandbox-Service, X-Sandbox-Version (and X-Sandbox-Ingress)
     GET /ing/NS/ING/...        the same three through the Ingress; bodies add "ingress"
     GET /metrics               Prometheus text for every tracked Service and Ingress
     GET /healthz               the web app's own liveness
@@ -29,6 +33,7 @@ Ingress backend switch or a finished rollout shows at once.
 from __future__ import annotations
 
 import asyncio
+import html
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -40,14 +45,22 @@ import httpx
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from sandbox.webapp.behaviour import VersionBehaviours
 from sandbox.webapp.database import CredentialsProblem, DatabaseChecker, database_verdict, decode_secret
-from sandbox.webapp.traffic import Routing, ServiceTraffic, health_verdict, ingress_backend, routed_versions
+from sandbox.webapp.traffic import (
+    Routing,
+    ServiceTraffic,
+    health_verdict,
+    ingress_backend,
+    maintenance_pages,
+    routed_versions,
+)
 
 Kind = Literal["svc", "ing"]
+MAINTENANCE_RETRY_AFTER_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,8 @@ class WebApp:
         body = {**target.names(routing), "version": version, "latency_ms": round(latency, 1)}
         if routing.problem:
             return JSONResponse({**body, "error": routing.problem}, status_code=503)
+        if maintenance_pages(routing):
+            return maintenance_page(target.names(routing), version)
         if failed:
             return JSONResponse({**body, "error": "simulated failure of this version"}, status_code=500)
         return JSONResponse(body)
@@ -292,6 +307,22 @@ class WebApp:
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(self.behaviours.to_json())
+
+
+def maintenance_page(names: Mapping[str, str | None], version: str) -> Response:
+    """The static page a maintenance-page image serves: what `curl https://app...` shows an
+    operator during maintenance. The sandbox's names go in headers and a comment, not the text."""
+    about = {**names, "version": version}
+    comment = ", ".join(f"{k} {v}" for k, v in about.items() if v)
+    page = (
+        "<!doctype html>\n"
+        f"<!-- sandbox: {html.escape(comment)} -->\n"
+        '<html lang="en"><head><meta charset="utf-8"><title>Maintenance</title></head>\n'
+        "<body><h1>Down for maintenance</h1><p>We will be back shortly.</p></body></html>\n"
+    )
+    headers = {"Retry-After": str(MAINTENANCE_RETRY_AFTER_SECONDS)}
+    headers |= {f"X-Sandbox-{k.capitalize()}": v for k, v in about.items() if v}
+    return HTMLResponse(page, status_code=503, headers=headers)
 
 
 def _label(value: str) -> str:

@@ -23,6 +23,11 @@ then `good`:
     tag contains `bad-health` or `unhealthy`   -> unhealthy
     tag contains `err<N>` (err8, v2-err25)      -> errors with error_rate N/100
     tag contains `slow<N>`                      -> slow with p95 N ms; plain `slow` -> 800 ms
+
+One image is no version of the app at all: an image whose repository (the part before
+the tag) ends with `maintenance-page`, such as `sandbox/maintenance-page:v1`, is a static
+maintenance page (`is_maintenance_page`), whatever the rules and tag conventions say. A
+Service that routes to one is in maintenance (traffic.py).
 """
 
 from __future__ import annotations
@@ -111,6 +116,21 @@ def by_tag_convention(image: str) -> Behaviour | None:
             return Behaviour(latency_p50_ms=p95 * 0.4, latency_p95_ms=p95)
         return PRESETS["slow"]
     return None
+
+
+MAINTENANCE_PAGE_REPOSITORY_SUFFIX = "maintenance-page"
+
+
+def image_repository(image: str) -> str:
+    """The repository of `registry:5000/team/app:v2@sha256:...`: all before the tag (and the
+    digest), split as `image_tag` splits it."""
+    head, slash, last = image.split("@", 1)[0].rpartition("/")
+    return head + slash + last.split(":", 1)[0]
+
+
+def is_maintenance_page(image: str) -> bool:
+    """Whether `image` is the static maintenance page rather than a version of the app."""
+    return image_repository(image).endswith(MAINTENANCE_PAGE_REPOSITORY_SUFFIX)
 
 
 class VersionBehaviours:

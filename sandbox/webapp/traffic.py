@@ -8,6 +8,12 @@ version behaviours into the /health answer. `ServiceTraffic` counts requests, sy
 real: each version gets its share by pod count; errors come from a per-version
 accumulator (8% is exactly 8 errors in 100 requests) and latencies from a low-discrepancy
 sequence over the version's distribution, so figures are steady and tests are exact.
+
+A Service is in maintenance while any version it routes to is a maintenance page
+(`maintenance_pages`; behaviour.py says which images are): /health is 503 "maintenance",
+and every request, synthetic or real, goes to the page and counts as an error of the
+page's version, since its users get a 503. Mixed routing (some pods the app, some the
+page) is not modelled: any page puts the whole Service in maintenance.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.webapp.behaviour import VersionBehaviours
+from sandbox.webapp.behaviour import VersionBehaviours, is_maintenance_page
 from sandbox.webapp.database import DatabaseTarget, database_targets
 
 NO_ENDPOINT = "<no endpoint>"
@@ -92,11 +98,24 @@ def routed_versions(
     )
 
 
+def maintenance_pages(routing: Routing) -> list[str]:
+    """The routed versions that are maintenance pages: any one puts the Service in maintenance."""
+    return [v for v in routing.versions if is_maintenance_page(v)]
+
+
 def health_verdict(routing: Routing, behaviours: VersionBehaviours) -> tuple[int, dict[str, Any]]:
-    """503 when nothing is routed or any routed version is unhealthy; else 200."""
+    """503 when nothing is routed, a maintenance page is, or any routed version is unhealthy;
+    else 200."""
     body: dict[str, Any] = {"versions": dict(routing.versions), "pods": len(routing.pods)}
     if routing.problem:
         return 503, {"status": "unavailable", "reason": routing.problem, **body}
+    if pages := maintenance_pages(routing):
+        return 503, {
+            "status": "maintenance",
+            "reason": f"the maintenance page gets traffic: {', '.join(pages)}",
+            "maintenance": pages,
+            **body,
+        }
     unhealthy = [v for v in routing.versions if not behaviours.for_image(v).healthy]
     if unhealthy:
         return 503, {
@@ -145,10 +164,13 @@ class ServiceTraffic:
             failed, latency = True, 1.0
         else:
             behaviour = behaviours.for_image(version)
-            counters.error_debt += behaviour.error_rate
-            failed = counters.error_debt >= 1 - 1e-9
-            if failed:
-                counters.error_debt -= 1
+            if is_maintenance_page(version):
+                failed = True  # the page answers every request with a 503
+            else:
+                counters.error_debt += behaviour.error_rate
+                failed = counters.error_debt >= 1 - 1e-9
+                if failed:
+                    counters.error_debt -= 1
             counters.sequence += 1
             latency = behaviour.latency_at((counters.sequence * _GOLDEN) % 1.0)
         if failed:
@@ -158,13 +180,15 @@ class ServiceTraffic:
         return failed, latency
 
     def pick(self, routing: Routing) -> str:
-        """The version the next request goes to: the one furthest behind its share by pod count."""
+        """The version the next request goes to: the one furthest behind its share by pod count,
+        among the maintenance pages if any is routed."""
         if not routing.versions:
             return NO_ENDPOINT
-        total = routing.total
-        for version, count in routing.versions.items():
+        candidates = {v: routing.versions[v] for v in maintenance_pages(routing)} or routing.versions
+        total = sum(candidates.values())
+        for version, count in candidates.items():
             self.versions.setdefault(version, _VersionCounters()).share_carry += count / total
-        chosen = max(routing.versions, key=lambda v: self.versions[v].share_carry)
+        chosen = max(candidates, key=lambda v: self.versions[v].share_carry)
         self.versions[chosen].share_carry -= 1
         return chosen
 
