@@ -352,11 +352,12 @@ def maintenance_window(environment: str, tasks: list[MaintenanceTask] | None = N
     record.resumed(resume_attempt())
     run_id = _run_id()
     try:
+        occurrence = choose_window(env, window)
+        record.window, record.window_start, record.window_end = maintenance_plan.window_fields(occurrence)
         with changes.one_change(env, RUNBOOK):
-            occurrence = choose_window(env, window)
-            record.window, record.window_start, record.window_end = maintenance_plan.window_fields(occurrence)
             record.left_on = turn_off_left_on(env, run_id)
             announce(env, reports.maintenance_announcement(record, "started", prefect_api.run_url(run_id)))
+            record.announced = True
             try:
                 maintenance_on(env, record, run_id)
                 run_tasks(env, plan, occurrence, record, run_id)
@@ -369,7 +370,8 @@ def maintenance_window(environment: str, tasks: list[MaintenanceTask] | None = N
         record.fail(exc)
         raise
     finally:
-        announce(env, reports.maintenance_announcement(record, "ended", prefect_api.run_url(run_id)))
+        if record.announced:  # a run refused before it started announces no end either
+            announce(env, reports.maintenance_announcement(record, "ended", prefect_api.run_url(run_id)))
         reports.publish(reports.maintenance(record))
     if not record.passed:
         raise CheckFailed(f"maintenance window: {record.failed_checks()}")

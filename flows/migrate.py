@@ -248,7 +248,8 @@ def migrate_database(environment: str, database: str, target_version: int | str 
             list_pending(env, database, files, record)
         else:
             changes.admit(env, "migrate-database", record, emergency=emergency, emergency_reason=emergency_reason)
-            with changes.one_change(env, "migrate-database"), migration_lock(env, database, record):
+            # The migration lock first: a second migration of the database still fails at once.
+            with migration_lock(env, database, record), changes.one_change(env, "migrate-database"):
                 apply_pending(env, database, files, record)
             verify(env, database, record)
         record.outcome = record.final_outcome

@@ -150,7 +150,9 @@ def _status(workdir: Path) -> int:
         print(f"no sandbox in {workdir} (start one with `python -m sandbox up --dir {workdir}`)")
         return 1
     print(f"sandbox in {workdir}: {'healthy' if report['healthy'] else 'NOT healthy'}")
-    for name, c in {**report["components"], **report["archiving"], **report["proxies"], **report["prefect"]}.items():
+    pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["replication"],
+              **report["prefect"]}
+    for name, c in pieces.items():
         pid = f"pid {c['pid']}" if c["pid"] else "no process"
         print(f"  {name:<10} {'up  ' if c['ok'] else 'DOWN'}  {c['address']:<28} {pid:<12} {c['detail']}")
     if report["environment_file"]:

@@ -292,6 +292,7 @@ class MaintenanceRecord(RunRecord):
     left_on: dict[str, Any] | None = None  # maintenance mode an earlier run left on, turned off first
     mode_on: bool = False
     mode_off: bool | None = None  # None: never turned on
+    announced: bool = False  # the start was announced: so is the end
 
     def step(self, at: datetime, step: str, detail: str) -> None:
         into = ""

@@ -58,6 +58,7 @@ pytestmark = pytest.mark.scenario
 
 POOL = "runbook-crash-tests"
 ENV = "crash"
+RESTORE_ENV, DR_ENV = f"{ENV}-restore", f"{ENV}-dr"
 SILENT_AFTER = timedelta(seconds=40)
 KILL_AT = {"deploy": "deploy.after-set-image", "restore": "restore.after-swap", "backup": "backup.before-manifest",
            "pitr": "physical-restore.instance-started", "dr": "dr.before-repoint"}
@@ -101,7 +102,12 @@ def stack(sandbox: Any, environments_dir: Path, tmp_path_factory: pytest.TempPat
         doc["services"]["api"]["analysis"]["count"] = 30
 
     _write_environment(sandbox, environments_dir, f"{ENV}-slow", slow_analysis)
+    # One change per environment at a time: the deploy, the restore's swap and the switchover that
+    # die together each run in an environment of their own.
+    for changing in (RESTORE_ENV, DR_ENV):
+        _write_environment(sandbox, environments_dir, changing, lambda doc: None)
     backup_database(ENV, "pgbench")  # what the restores restore, made through the session's harness
+    backup_database(RESTORE_ENV, "pgbench")
     physical_backup(ENV, "main", "incr")  # what the point-in-time recovery starts from
     server = orchestration.start_server(root / "server", database_url=orchestration.create_prefect_database(sandbox),
                                         settings={"PREFECT_SERVER_UI_ENABLED": "false"})
@@ -299,9 +305,10 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
         runs = {
             "pitr": start_run(stack, "pitr-restore", environment=ENV, cluster="main", target_time=target),
             "deploy": start_run(stack, "deploy", environment=ENV, service="api", image="sandbox/app:v2"),
-            "restore": start_run(stack, "restore-database", environment=ENV, database="pgbench", mode="swap"),
+            "restore": start_run(stack, "restore-database", environment=RESTORE_ENV, database="pgbench",
+                                 mode="swap"),
             "backup": start_run(stack, "backup-database", environment=ENV, database="fleet"),
-            "dr": start_run(stack, "dr-failover", environment=ENV, reason="crash test: switchover", planned=True),
+            "dr": start_run(stack, "dr-failover", environment=DR_ENV, reason="crash test: switchover", planned=True),
         }
         answer_confirmation(stack, runs["restore"], "pgbench", logs)
         pids = {what: wait_for(f"the {what} stops at {point}", lambda p=point: signalled(stack, p), 180, logs)
@@ -340,7 +347,7 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
         assert live_web(apps) == (web, web_replicas)
         health = load_environment(ENV).service("web").health_urls[0]
         assert httpx.get(health, timeout=5).status_code == 200
-        assert "swapped 'pgbench' after its checks passed" in latest_report(stack, f"restore-{ENV}-pgbench")
+        assert "swapped 'pgbench' after its checks passed" in latest_report(stack, f"restore-{RESTORE_ENV}-pgbench")
 
         # backup: one committed backup of this run, and nothing left open or half-written
         storage = open_storage(load_environment(ENV).database("fleet").storage)
@@ -362,7 +369,7 @@ def test_a_dead_worker_s_deploy_restore_and_backup_are_crashed_resumed_on_anothe
         # dr: killed between the promotion and the repoint; promoted once, then repointed
         assert replication.role(sandbox, "pg-b") == "primary"
         assert promotions(sandbox, "pg-b") - promotions_before == 1, "pg-b was promoted twice"
-        dr_report = latest_report(stack, f"dr-failover-{ENV}")
+        dr_report = latest_report(stack, f"dr-failover-{DR_ENV}")
         assert "Attempt 2 of this flow run" in dr_report and "SUCCEEDED" in dr_report
         assert "promoted by this attempt | False" not in dr_report  # the promotion's record was reused
         with config.new_client_from_config(str(sandbox.kubeconfig)) as api:
