@@ -82,8 +82,8 @@ def admit(env: EnvironmentConfig, runbook: str, record: RunRecord, *, emergency:
     verdict = windows.decide(env.windows, runbook, now or datetime.now(UTC), env.timezone, emergency=emergency,
                              unplanned=unplanned)
     if not verdict.allowed:
-        hint = " An emergency change may go ahead with emergency=True, a reason and an approval."
-        raise PolicyRefused(verdict.reason + ("" if emergency else hint))
+        raise PolicyRefused(f"{verdict.reason.rstrip('.')}. An emergency change may go ahead with emergency=True, "
+                            "an emergency_reason and an approval")
     if verdict.needs_emergency:
         approver = approvals.ask_approval(
             f"EMERGENCY {runbook} in {env.name}: {verdict.reason}. Reason given: {emergency_reason}. Approve?",

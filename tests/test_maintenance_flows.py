@@ -259,15 +259,3 @@ def test_a_migration_started_while_maintenance_tasks_run_is_refused_naming_the_m
     assert "/runs/flow-run/" in state.message
     assert outcome and outcome[0].is_completed()
 
-
-def test_a_deploy_inside_a_legacy_deploy_freeze_is_refused_naming_the_freeze(make_environment: Any) -> None:
-    now = datetime.now(UTC)
-
-    def edit(doc: dict[str, Any]) -> None:  # written as before windows existed
-        doc["deploy_freeze"] = [{"name": "year end", "start": (now - timedelta(hours=1)).isoformat(),
-                                 "end": (now + timedelta(days=1)).isoformat()}]
-
-    env = make_environment("deploy-frozen", edit)
-    state = deploy(env, "api", GOOD_IMAGE, return_state=True)
-    assert state.is_failed() and "deploy is frozen: year end" in state.message, state.message
-    assert "FAILED" in latest_report(f"deploy-{env}-api")
