@@ -225,6 +225,10 @@ def promote(node: DrNode, name: str, timeout: float, timeline_before: int | None
             if not ok:
                 raise TransientError(f"{name}: pg_promote did not finish within {timeout:g} s")
             promoted_now = True
+            # A promotion only requests its checkpoint, and until it is done pg_control still names
+            # the old timeline: a pg_rewind from this server then rewinds to the wrong history
+            # ("requested timeline N does not contain minimum recovery point"). Patroni does the same.
+            conn.execute("CHECKPOINT")
         recovery_after, tli = conn.execute(
             "SELECT pg_is_in_recovery(), ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
             "::bit(32)::int").fetchone()
@@ -336,6 +340,8 @@ def rewind(cfg: DrConfig, target: str, source: str) -> str:
     node = cfg.node(target)
     pghost.run(cfg, ["rm", "-f", str(Path(node.data_dir) / STANDBY_SIGNAL)], what="removing standby.signal",
                timeout=15)
+    with postgres.connect(server(cfg.node(source)), "postgres") as conn:
+        conn.execute("CHECKPOINT")  # the source's pg_control must name its current timeline (see promote)
     out = pghost.run(cfg, [f"{cfg.pg_bin}/pg_rewind", f"--target-pgdata={node.data_dir}",
                            f"--source-server={_source_conninfo(cfg, cfg.node(source))}"],
                      what=f"pg_rewind of {target} from {source}", timeout=cfg.rebuild_timeout.total_seconds())
