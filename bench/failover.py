@@ -99,8 +99,16 @@ def kubectl(state: Any, *args: str) -> None:
     from pathlib import Path
 
     binary = Path(sys.executable).parent / "kubectl"
-    subprocess.run([str(binary), f"--kubeconfig={state.kubeconfig}", "-n", "sandbox", *args], check=True,
-                   capture_output=True, text=True)
+    for attempt in (1, 2):
+        done = subprocess.run([str(binary), f"--kubeconfig={state.kubeconfig}", "-n", "sandbox", *args],
+                              capture_output=True, text=True)
+        # kubectl refuses a second `rollout restart` within the same second (its annotation has
+        # second precision): what an operator typing it would do is try again.
+        if done.returncode == 0 or attempt == 2 or "already been triggered" not in done.stderr:
+            break
+        time.sleep(1.1)
+    if done.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
 
 
 def psql(dsn: str, sql: str) -> None:
