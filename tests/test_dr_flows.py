@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -28,11 +29,22 @@ from flows.dr_failover import dr_failover
 from flows.primary_watch import primary_watch
 from flows.rebuild_replica import rebuild_replica
 from sandbox import replication
+from sandbox.process import wait_until
 from tasks.config import load_environment
 from tasks.errors import ConfigError
 from tests.cluster_state import latest_report, put_back_pair
 
 pytestmark = pytest.mark.scenario
+
+# No maintenance window open for days, and a freeze of everything now: what a planned switchover
+# must respect and an unplanned failover must not.
+CLOSED_AND_FROZEN = {
+    "require_for": ["dr-failover"],
+    "maintenance": [{"name": "later", "every": "once", "duration": "2h",
+                     "start": (datetime.now(UTC) + timedelta(days=3)).isoformat()}],
+    "freezes": [{"name": "change freeze", "every": "once", "duration": "1d",
+                 "start": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}],
+}
 
 
 @pytest.fixture
@@ -154,6 +166,7 @@ def test_a_planned_switchover_under_a_steady_write_load_loses_no_committed_row(p
 def test_a_failover_over_the_lag_limit_is_refused_and_goes_ahead_with_force(pair: Any, make_environment: Any) -> None:
     def tiny_limit(doc: dict[str, Any]) -> None:
         doc["dr"]["lag"] = {"max_bytes": 1024, "max_seconds": "30s"}
+        doc["windows"] = CLOSED_AND_FROZEN  # an unplanned failover goes ahead all the same
 
     env = make_environment("dr-lag", tiny_limit)
     with psycopg.connect(replication.node_dsn(pair, "pg-b"), autocommit=True) as conn:
@@ -171,6 +184,46 @@ def test_a_failover_over_the_lag_limit_is_refused_and_goes_ahead_with_force(pair
     forced = dr_failover(env, reason="INC-2: accept the loss", force=True)
     assert forced["new_primary"] == "pg-b" and replication.role(pair, "pg-b") == "primary"
     assert "go (forced)" in report(f"dr-failover-{env}")
+
+
+def test_a_planned_switchover_outside_the_maintenance_windows_is_refused_before_anything_changes(
+        pair: Any, make_environment: Any) -> None:
+    env = make_environment("dr-windows", lambda doc: doc.update(windows=CLOSED_AND_FROZEN))
+    state = dr_failover(env, reason="CHG-7: move the primary", planned=True, return_state=True)
+    assert state.is_failed() and "dr-failover is frozen: change freeze" in state.message, state.message
+    assert "outside every maintenance window; the next is later" in state.message
+    assert replication.role(pair, "pg-a") == "primary" and replication.role(pair, "pg-b") == "standby"
+    assert "REFUSED" in report(f"dr-failover-{env}")
+
+
+def test_in_a_protected_environment_a_rejected_approval_stops_the_switchover_before_any_fence(
+        pair: Any, make_environment: Any) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    env = make_environment("dr-protected", lambda doc: doc.update(protected=True))
+    outcome: list[Any] = []
+    runner = threading.Thread(target=lambda: outcome.append(dr_failover(
+        env, reason="CHG-8: rehearse the approval", planned=True, return_state=True)))
+    runner.start()
+
+    def paused() -> Any:
+        with get_client(sync_client=True) as c:
+            runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+        return next((r for r in runs if r.parameters.get("environment") == env), None)
+
+    holder: list[Any] = []
+    wait_until(lambda: bool(holder.append(paused()) or holder[-1]), timeout=60)
+    assert "pg-a" in report(f"dr-failover-{env}")  # the assessment is in the artifact before the question
+    resume_flow_run(holder[-1].id, run_input={"approve": False, "approver": "dana", "reason": "not today"})
+    runner.join(timeout=60)
+    assert outcome and outcome[0].is_failed(), outcome
+    assert replication.role(pair, "pg-a") == "primary" and replication.role(pair, "pg-b") == "standby"
+    with psycopg.connect(replication.app_dsn(pair, "pg-a"), autocommit=True) as conn:  # never fenced
+        conn.execute("INSERT INTO orders (note) VALUES ('approval rejected')")
 
 
 def test_bad_input_fails_before_anything_changes(pair: Any, make_environment: Any) -> None:
