@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, task
@@ -36,6 +36,7 @@ from tasks import (
     http_checks,
     kubernetes,
     maintenance_plan,
+    naming,
     postgres,
     prefect_api,
     reports,
@@ -157,8 +158,6 @@ def reindex(env: EnvironmentConfig, database: str) -> dict[str, Any]:
 def terminate_stuck_queries(env: EnvironmentConfig, database: str, older_than_seconds: float) -> dict[str, Any]:
     """End the sessions whose transaction or query has run longer than `older_than`, and
     list them: who, what state, how long, which query."""
-    from datetime import timedelta
-
     server, dbname = _server(env, database)
     with postgres.connect(server, dbname) as conn:
         stuck = postgres.stuck_sessions(conn, timedelta(seconds=older_than_seconds), dbname)
@@ -187,12 +186,11 @@ def run_job(env: EnvironmentConfig, service: str, name: str, command: list[str],
             timeout_seconds: float, run_id: str) -> dict[str, Any]:
     """`kubectl create job` from the service's image (or `image`): its exit code and log's end."""
     svc = env.service(service)
+    job_name = naming.job_name(name, run_id=run_id)
     with kubernetes.api_client(env.kubernetes) as api:
-        if image is None:
-            image = kubernetes.container_image(
-                kubernetes.read_deployment(api, svc.namespace, kubernetes.live_deployment(api, svc)), svc.container)
-        job = kubernetes.run_job(api, svc.namespace, f"{name}-{run_id[:8]}", image, command, timeout_seconds)
-    result = {"job": f"{name}-{run_id[:8]}", "image": image, "exit_code": job.exit_code,
+        image = image or kubernetes.live_image(api, svc)
+        job = kubernetes.run_job(api, svc.namespace, job_name, image, command, timeout_seconds)
+    result = {"job": job_name, "image": image, "exit_code": job.exit_code,
               "log_end": job.logs[-300:] if job.logs else ""}
     if not job.succeeded:
         raise CheckFailed(f"job {name} failed ({job.reason or 'exit code ' + str(job.exit_code)}): "
@@ -319,11 +317,10 @@ def check_plan(env: EnvironmentConfig, tasks: list[Any] | None) -> list[Maintena
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     for t in plan:
-        for name in [getattr(t, "database", None)]:
-            if name:
-                env.database(name).check_secrets()
-        if getattr(t, "service", None):
-            env.service(t.service)  # type: ignore[union-attr]
+        if database := getattr(t, "database", None):
+            env.database(database).check_secrets()
+        if service := getattr(t, "service", None):
+            env.service(service)
         if isinstance(t, maintenance_plan.CheckCertificates) and not (cfg and cfg.certificates):
             raise ConfigError(f"tasks: check_certificates needs maintenance.certificates in {env.name}")
     return plan

@@ -116,10 +116,8 @@ def verify_schema(env: EnvironmentConfig, database: str) -> list[checks.Check]:
 @task(**retries.policy("kubernetes"), **checkpoints.OBSERVE)
 def current_image(env: EnvironmentConfig, service: str) -> str:
     """The image the service runs now: the one its migrations belong to."""
-    svc = env.service(service)
     with kubernetes.api_client(env.kubernetes) as api:
-        dep = kubernetes.read_deployment(api, svc.namespace, kubernetes.live_deployment(api, svc))
-    return kubernetes.container_image(dep, svc.container)
+        return kubernetes.live_image(api, env.service(service))
 
 
 @task(**checkpoints.EFFECT)

@@ -405,17 +405,22 @@ class AnalysisConfig(Model):
     consecutive_error_limit: int = Field(4, ge=0, description="Measurement errors in a row tolerated")
 
 
+def _check_http_url(v: str) -> str:
+    parsed = urlparse(v)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError("an http:// or https:// URL")
+    return v
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
 class HttpCheck(Model):
     name: str
-    url: str = Field(description="http(s) URL")
+    url: HttpUrl = Field(description="http(s) URL")
     expect_status: int = Field(200, ge=100, le=599)
     contains: str | None = Field(None, description="Text the body must contain")
     timeout: Duration = Field(timedelta(seconds=5))
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_http_url(v)
 
 
 class BlueGreenConfig(Model):
@@ -491,13 +496,6 @@ class FreezeWindow(Model):
             if weekly and (t is None or not re.match(r"^([01]\d|2[0-3]):[0-5]\d$", t)):
                 raise ValueError("'from_time' and 'to_time' are HH:MM")
         return self
-
-
-def _check_http_url(v: str) -> str:
-    parsed = urlparse(v)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError("an http:// or https:// URL")
-    return v
 
 
 class Schedules(Model):
@@ -677,14 +675,9 @@ class MaintenanceModeConfig(Model):
     namespace: str = Field(min_length=1, description="Namespace of the Ingress and the page's Service")
     ingress: str = Field(description="The Ingress users reach")
     page_service: str = Field(description="The Service that serves the maintenance page")
-    page_url: str = Field(description="A URL users reach through the Ingress: it serves the page while on")
+    page_url: HttpUrl = Field(description="A URL users reach through the Ingress: it serves the page while on")
     page_marker: str = Field("maintenance", description="Text the maintenance page contains (case-insensitive)")
     settle: Duration = Field(timedelta(seconds=30), description="How long the page may take to show or go away")
-
-    @field_validator("page_url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        return _check_http_url(v)
 
 
 class CertificateTarget(Model):

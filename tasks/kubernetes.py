@@ -634,6 +634,12 @@ def live_deployment(api: client.ApiClient, svc: ServiceConfig) -> str:
     return rollout.colour_name(svc.deployment, colour)
 
 
+def live_image(api: client.ApiClient, svc: ServiceConfig) -> str:
+    """The image the service's container runs now, in its live Deployment (either colour)."""
+    dep = read_deployment(api, svc.namespace, live_deployment(api, svc))
+    return container_image(dep, svc.container)
+
+
 def read_ingress(api: client.ApiClient, namespace: str, name: str) -> Obj:
     with _calling("read", "Ingress", namespace, name):
         ing = client.NetworkingV1Api(api).read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT)
@@ -642,7 +648,29 @@ def read_ingress(api: client.ApiClient, namespace: str, name: str) -> Obj:
 
 def ingress_backend(api: client.ApiClient, namespace: str, name: str) -> str:
     """The Service the Ingress routes to (`rollout.ingress_backend`)."""
-    backend = rollout.ingress_backend(read_ingress(api, namespace, name))
+    return _backend_of(read_ingress(api, namespace, name), namespace, name)
+
+
+def _rewrite_ingress(api: client.ApiClient, namespace: str, name: str, action: str,
+                     edit: Callable[[Obj], tuple[Obj | None, T]]) -> T:
+    """Read the Ingress, let `edit` return the Ingress to write (None: nothing to write) and
+    what to answer, and replace it; again from the read on a conflict."""
+    net = client.NetworkingV1Api(api)
+
+    def step() -> T:
+        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        changed, answer = edit(ing)
+        if changed is not None:
+            changed.pop("status", None)
+            net.replace_namespaced_ingress(name, namespace, changed, _request_timeout=REQUEST_TIMEOUT)
+        return answer
+
+    with _calling(action, "Ingress", namespace, name):
+        return _retrying_conflicts(step)
+
+
+def _backend_of(ing: Obj, namespace: str, name: str) -> str:
+    backend = rollout.ingress_backend(ing)
     if backend is None:
         raise ConfigError(f"Ingress {name!r} in namespace {namespace!r} has no service backend")
     return backend
@@ -652,20 +680,12 @@ def set_ingress_backend(api: client.ApiClient, namespace: str, name: str, servic
     """`kubectl apply -f ingress-green.yaml`: every backend of the Ingress that names the
     Service it routes to now names `service` instead. Returns `{"previous": <that Service>}`,
     read in the same step."""
-    net = client.NetworkingV1Api(api)
 
-    def step() -> str:
-        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
-        previous = rollout.ingress_backend(ing)
-        if previous is None:
-            raise ConfigError(f"Ingress {name!r} in namespace {namespace!r} has no service backend")
-        switched = rollout.with_backend(ing, previous, service)
-        switched.pop("status", None)
-        net.replace_namespaced_ingress(name, namespace, switched, _request_timeout=REQUEST_TIMEOUT)
-        return previous
+    def edit(ing: Obj) -> tuple[Obj, dict[str, Any]]:
+        previous = _backend_of(ing, namespace, name)
+        return rollout.with_backend(ing, previous, service), {"previous": previous}
 
-    with _calling("switch the backend of", "Ingress", namespace, name):
-        return {"previous": _retrying_conflicts(step)}
+    return _rewrite_ingress(api, namespace, name, "switch the backend of", edit)
 
 
 # Where an Ingress in maintenance mode keeps the backend it had, and who switched it: what
@@ -673,59 +693,51 @@ def set_ingress_backend(api: client.ApiClient, namespace: str, name: str, servic
 MAINTENANCE_ANNOTATION = "runbook.dev/maintenance"
 
 
+def _maintenance_mark(ing: Obj) -> dict[str, Any] | None:
+    raw = (ing.get("metadata", {}).get("annotations") or {}).get(MAINTENANCE_ANNOTATION)
+    return json.loads(raw) if raw else None
+
+
 def maintenance_mode(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     """What the Ingress's maintenance annotation says (`backend`, `run`, `since`), or None: off."""
-    annotations = read_ingress(api, namespace, name).get("metadata", {}).get("annotations") or {}
-    raw = annotations.get(MAINTENANCE_ANNOTATION)
-    return json.loads(raw) if raw else None
+    return _maintenance_mark(read_ingress(api, namespace, name))
 
 
 def maintenance_on(api: client.ApiClient, namespace: str, name: str, page_service: str, run: str,
                    since: str) -> dict[str, Any]:
     """Route the Ingress to the maintenance page's Service, remembering its backend in the
     annotation, in one write. Already on: changes nothing and returns what the annotation says."""
-    net = client.NetworkingV1Api(api)
 
-    def step() -> dict[str, Any]:
-        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
-        annotations = ing.setdefault("metadata", {}).get("annotations") or {}
-        if annotations.get(MAINTENANCE_ANNOTATION):
-            return {**json.loads(annotations[MAINTENANCE_ANNOTATION]), "already": True}
-        backend = rollout.ingress_backend(ing)
-        if backend is None:
-            raise ConfigError(f"Ingress {name!r} in namespace {namespace!r} has no service backend")
+    def edit(ing: Obj) -> tuple[Obj | None, dict[str, Any]]:
+        found = _maintenance_mark(ing)
+        if found is not None:
+            return None, {**found, "already": True}
+        backend = _backend_of(ing, namespace, name)
         mark = {"backend": backend, "run": run, "since": since}
         switched = rollout.with_backend(ing, backend, page_service)
-        switched["metadata"]["annotations"] = {**annotations, MAINTENANCE_ANNOTATION: json.dumps(mark)}
-        switched.pop("status", None)
-        net.replace_namespaced_ingress(name, namespace, switched, _request_timeout=REQUEST_TIMEOUT)
-        return {**mark, "already": False}
+        meta = switched.setdefault("metadata", {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), MAINTENANCE_ANNOTATION: json.dumps(mark)}
+        return switched, {**mark, "already": False}
 
-    with _calling("turn maintenance mode on for", "Ingress", namespace, name):
-        return _retrying_conflicts(step)
+    return _rewrite_ingress(api, namespace, name, "turn maintenance mode on for", edit)
 
 
 def maintenance_off(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
     """Route the Ingress back to the backend its annotation remembers and drop the annotation,
     in one write. Already off: None, nothing changed."""
-    net = client.NetworkingV1Api(api)
 
-    def step() -> dict[str, Any] | None:
-        ing = _plain(api, net.read_namespaced_ingress(name, namespace, _request_timeout=REQUEST_TIMEOUT))
-        annotations = dict(ing.get("metadata", {}).get("annotations") or {})
-        raw = annotations.pop(MAINTENANCE_ANNOTATION, None)
-        if not raw:
-            return None
-        mark = json.loads(raw)
+    def edit(ing: Obj) -> tuple[Obj | None, dict[str, Any] | None]:
+        mark = _maintenance_mark(ing)
+        if mark is None:
+            return None, None
         current = rollout.ingress_backend(ing)
         restored = rollout.with_backend(ing, current, mark["backend"]) if current else ing
-        restored["metadata"]["annotations"] = annotations
-        restored.pop("status", None)
-        net.replace_namespaced_ingress(name, namespace, restored, _request_timeout=REQUEST_TIMEOUT)
-        return dict(mark)
+        meta = restored.setdefault("metadata", {})
+        meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
+                               if k != MAINTENANCE_ANNOTATION}
+        return restored, mark
 
-    with _calling("turn maintenance mode off for", "Ingress", namespace, name):
-        return _retrying_conflicts(step)
+    return _rewrite_ingress(api, namespace, name, "turn maintenance mode off for", edit)
 
 
 def ensure_colour_service(api: client.ApiClient, namespace: str, base: str, colour: str, like: str) -> Obj:

@@ -56,9 +56,15 @@ def restore_names(dbname: str, at: datetime) -> RestoreNames:
 # --- Kubernetes ----------------------------------------------------------------------------------
 
 
+def job_name(*parts: str, run_id: str) -> str:
+    """`<parts>-<run>`: a Kubernetes Job name, unique per run (an attempt of the same run finds
+    the Job an earlier one started)."""
+    return artifact_key(*parts, run_id[:8])[:K8S_NAME_MAX].strip("-")
+
+
 def migration_job_name(database: str, run_id: str) -> str:
-    """`migrate-<database>-<run>`: a Kubernetes name, unique per run."""
-    return artifact_key("migrate", database, run_id[:8])[:K8S_NAME_MAX].strip("-")
+    """`migrate-<database>-<run>`."""
+    return job_name("migrate", database, run_id=run_id)
 
 
 # --- flow runs ---------------------------------------------------------------------------------

@@ -117,28 +117,18 @@ def run_url(flow_run_id: Any) -> str:
     return f"{ui}/runs/flow-run/{flow_run_id}" if ui else f"flow run {flow_run_id}"
 
 
-def _ancestors() -> set[str]:
-    """This run and the runs above it (a subflow's parent holds the slot for it)."""
+def _this_run() -> str | None:
     from prefect.context import FlowRunContext
 
-    found: set[str] = set()
     ctx = FlowRunContext.get()
-    if ctx is None or ctx.flow_run is None:
-        return found
-    found.add(str(ctx.flow_run.id))
-    with get_sync_client() as client:
-        run = ctx.flow_run
-        while run.parent_task_run_id is not None:
-            parent = client.read_task_run(run.parent_task_run_id).flow_run_id
-            if parent is None or str(parent) in found:
-                break
-            found.add(str(parent))
-            run = client.read_flow_run(parent)
-    return found
+    return str(ctx.flow_run.id) if ctx is not None and ctx.flow_run is not None else None
 
 
 def change_holders(environment: str) -> list[RunRef]:
-    """The runs, other than this one and its parents, that hold the environment's change slot."""
+    """The runs, other than this one, that hold the environment's change slot. (A subflow whose
+    parent holds it never asks: `changes.one_change` knows its parent holds it. This run can
+    carry the tag from an attempt that crashed.)"""
+    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterState,
@@ -147,35 +137,36 @@ def change_holders(environment: str) -> list[RunRef]:
     )
     from prefect.client.schemas.objects import StateType
 
-    mine = _ancestors()
-    with get_sync_client() as client:
+    mine = _this_run()
+    with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             tags=FlowRunFilterTags(all_=[CHANGE_TAG.format(environment)]),
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(s) for s in _HOLDING_STATES]))))
-        flows = {r.flow_id: client.read_flow(r.flow_id).name for r in runs if str(r.id) not in mine}
+        others = [r for r in runs if str(r.id) != mine]
+        flows = {r.flow_id: client.read_flow(r.flow_id).name for r in others}
     return [RunRef(str(r.id), r.name, flows[r.flow_id], r.state_type.value if r.state_type else "?", run_url(r.id))
-            for r in runs if str(r.id) not in mine]
+            for r in others]
 
 
 @contextmanager
 def marked_change_holder(environment: str) -> Iterator[None]:
     """Tag this run as the holder of the environment's change slot while it holds it."""
-    from prefect.context import FlowRunContext
-
-    ctx = FlowRunContext.get()
-    if ctx is None or ctx.flow_run is None:
+    run = _this_run()
+    if run is None:
         yield
         return
     tag = CHANGE_TAG.format(environment)
-    _retag(ctx.flow_run.id, add=tag)
+    _retag(run, add=tag)
     try:
         yield
     finally:
-        _retag(ctx.flow_run.id, remove=tag)
+        _retag(run, remove=tag)
 
 
 def _retag(flow_run_id: Any, add: str | None = None, remove: str | None = None) -> None:
-    with get_sync_client() as client:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
         tags = set(client.read_flow_run(flow_run_id).tags or [])
         client.update_flow_run(flow_run_id, tags=sorted((tags | {add} if add else tags) - {remove}))
 
@@ -189,12 +180,6 @@ def say(message: str) -> None:
         get_run_logger().info(scrub(message))
     except MissingContextError:
         get_logger("runbook").info(scrub(message))
-
-
-def get_sync_client() -> Any:
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
 
 
 # How often a crashed run is resumed (`deployments/automations.py` reschedules it) before

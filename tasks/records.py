@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tasks import checks
 from tasks.backups import Manifest
 from tasks.checks import Check
 from tasks.errors import PolicyRefused
@@ -215,8 +216,7 @@ class ClusterRecord(RunRecord):
         self.timings.update(restored["timings"])
 
     def failed_checks(self) -> str | None:
-        bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
-        return "; ".join(bad) if bad else None
+        return checks.failures(self.checks)
 
 
 # --- DR: failover, rebuild, watch, drill ------------------------------------------------------
@@ -270,8 +270,7 @@ class DrRecord(RunRecord):
                      .total_seconds(), 3)
 
     def failed_checks(self) -> str | None:
-        bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
-        return "; ".join(bad) if bad else None
+        return checks.failures(self.checks)
 
 
 # --- maintenance windows ------------------------------------------------------------------------
@@ -322,9 +321,8 @@ class MaintenanceRecord(RunRecord):
                 and all(t["result"] in ("done", "skipped") for t in self.tasks))
 
     def failed_checks(self) -> str | None:
-        bad = [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
-        bad += [f"{t['task']}: {t['detail']}" for t in self.tasks if t["result"] == "failed"]
-        return "; ".join(bad) if bad else None
+        bad = [f"{t['task']}: {t['detail']}" for t in self.tasks if t["result"] == "failed"]
+        return "; ".join(filter(None, [checks.failures(self.checks), *bad])) or None
 
 
 def _figures_text(figures: dict[str, Any]) -> str:
