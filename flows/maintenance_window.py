@@ -45,7 +45,13 @@ from tasks import (
 )
 from tasks.backup_steps import apply_retention
 from tasks.checks import Check
-from tasks.config import EnvironmentConfig, MaintenanceConfig, MaintenanceModeConfig, load_environment
+from tasks.config import (
+    EnvironmentConfig,
+    MaintenanceConfig,
+    MaintenanceModeConfig,
+    load_environment,
+    validate_image,
+)
 from tasks.dr_steps import announce
 from tasks.errors import CheckFailed, ConfigError, PolicyRefused
 from tasks.faults import fault_point
@@ -320,7 +326,9 @@ def check_plan(env: EnvironmentConfig, tasks: list[Any] | None) -> list[Maintena
         if database := getattr(t, "database", None):
             env.database(database).check_secrets()
         if service := getattr(t, "service", None):
-            env.service(service)
+            svc = env.service(service)
+            if isinstance(t, maintenance_plan.Deploy):
+                validate_image(t.image, svc)  # the deploy would refuse it only once the page is on
         if isinstance(t, maintenance_plan.CheckCertificates) and not (cfg and cfg.certificates):
             raise ConfigError(f"tasks: check_certificates needs maintenance.certificates in {env.name}")
     return plan

@@ -31,6 +31,17 @@ from tests.cluster_state import latest_report
 pytestmark = pytest.mark.scenario
 
 
+def task_names(state: Any) -> set[str]:
+    """The tasks the flow run ran."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    return {r.name.rsplit("-", 1)[0] for r in runs}
+
+
 def page(env: str) -> httpx.Response:
     mode = load_environment(env).maintenance.mode  # type: ignore[union-attr]
     return httpx.get(mode.page_url, timeout=5)
@@ -193,6 +204,10 @@ def test_bad_tasks_are_refused_before_any_side_effect_naming_the_entry(sandbox: 
     assert state.is_failed() and "vacuum_analyse" in state.message and "vacuum_analyze" in state.message
     state = maintenance_window("sandbox", tasks=[{"kind": "reindex", "database": "nope"}], return_state=True)
     assert state.is_failed() and "database 'nope' is not in environment 'sandbox'" in state.message
+    state = maintenance_window("sandbox", tasks=[{"kind": "deploy", "service": "api", "image": "no tag"}],
+                               return_state=True)
+    assert state.is_failed() and "image 'no tag' is not an image reference" in state.message
+    assert task_names(state) == set(), "a bad deploy task is refused before any step, the page included"
     assert ingress_mark("sandbox") is None
 
 
