@@ -32,6 +32,11 @@ from tasks.config import EnvironmentConfig, check_reason
 from tasks.errors import PolicyRefused
 from tasks.records import RunRecord
 
+# The least time given to taking a free slot: the acquisition is an API round trip (or a few,
+# on a busy server), so even `change_wait: 0s` (refuse at once when someone visibly holds it)
+# must not turn a slow answer into a refusal naming nobody.
+ACQUIRE_FLOOR = 10.0
+
 _held: ContextVar[frozenset[str]] = ContextVar("runbook_change_slots", default=frozenset())
 
 
@@ -51,7 +56,7 @@ def one_change(env: EnvironmentConfig, runbook: str) -> Iterator[None]:
                         f"{prefect_api.describe_runs(holders)} (up to {int(wait)} s)")
     with ExitStack() as stack:
         try:
-            stack.enter_context(prefect_api.holding(locks.change(env), timeout_seconds=max(wait, 1)))
+            stack.enter_context(prefect_api.holding(locks.change(env), timeout_seconds=max(wait, ACQUIRE_FLOOR)))
         except TimeoutError:
             raise PolicyRefused(_busy(env, runbook, prefect_api.change_holders(env.name) or holders,
                                       f"waited {int(wait)} s and is refused")) from None
