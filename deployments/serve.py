@@ -33,6 +33,8 @@ from prefect.utilities.annotations import freeze
 
 from deployments.automations import HEARTBEAT_SECONDS, ensure_automations
 from flows.archive_health import archive_health
+from flows.azure_failover import azure_failover
+from flows.azure_restore import azure_restore, azure_restore_test
 from flows.backup import backup_all, backup_database
 from flows.deploy import deploy
 from flows.dr_drill import dr_drill
@@ -55,7 +57,10 @@ SERVICE_FLOWS: tuple[Flow[..., Any], ...] = (deploy, rollback, scale, restart, a
 DATABASE_FLOWS: tuple[Flow[..., Any], ...] = (backup_database, migrate_database, restore_database)
 CLUSTER_FLOWS: tuple[Flow[..., Any], ...] = (physical_backup, pitr_restore, physical_restore_test, archive_health)
 DR_FLOWS: tuple[Flow[..., Any], ...] = (dr_failover, rebuild_replica, primary_watch, dr_drill)
-FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS, *DR_FLOWS, maintenance_window)
+# Run by restore_test and dr_failover for an Azure database; azure-restore has its own deployment too.
+AZURE_FLOWS: tuple[Flow[..., Any], ...] = (azure_restore, azure_restore_test, azure_failover)
+FLOWS = (backup_all, restore_test, *SERVICE_FLOWS, *DATABASE_FLOWS, *CLUSTER_FLOWS, *DR_FLOWS, maintenance_window,
+         *AZURE_FLOWS)
 
 
 def _deployment(fl: Flow[..., Any], env: EnvironmentConfig, name: str | None = None, **options: Any) -> Any:
@@ -89,6 +94,9 @@ def deployments_for(environment: str) -> list[Any]:
             schedules=[Cron(env.schedules.restore_test, timezone=tz)],
             description=f"Weekly restore test of {database} in {env.name}",
         ))
+    if any(db.kind == "azure-flexible" for db in env.databases.values()):
+        deps.append(_deployment(azure_restore, env, description=f"Restore an Azure flexible server of {env.name} "
+                                                                "to a point in time, as a new server"))
     deps += cluster_deployments(env)
     deps += dr_deployments(env)
     deps += maintenance_deployments(env)
@@ -118,8 +126,9 @@ def dr_deployments(env: EnvironmentConfig) -> list[Any]:
     """With a DR pair: `primary-watch/<env>` every minute (one run at a time: a run that would
     overlap a failover in progress is cancelled), and manual runs of `dr-failover/<env>` and
     `rebuild-replica/<env>`; `dr-drill/<env>` only where drills are allowed."""
-    if env.dr is None:
-        return []
+    if env.dr is None:  # an Azure flexible server's replica: dr-failover promotes it
+        return [_deployment(dr_failover, env, description=f"Promote the Azure replica of {env.name}'s database")
+                ] if env.azure_replicated() else []
     one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     deps = [
         _deployment(primary_watch, env, schedules=[Cron(env.schedules.primary_watch, timezone=env.timezone)],

@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.transactions import Transaction, transaction
 
-from tasks import backups, checkpoints, locks, postgres, reports, retries
+from tasks import azure, azure_plan, backups, checkpoints, locks, postgres, reports, retries
 from tasks.backup_steps import apply_retention
 from tasks.config import DatabaseConfig, EnvironmentConfig, load_environment
 from tasks.errors import CheckFailed, PermanentError, RunbookError
@@ -130,6 +130,25 @@ def find_committed_backup(env: EnvironmentConfig, database: str, run_id: str | N
     return backups.read_catalogue(storage, database).for_run(run_id)
 
 
+@task(**retries.policy("azure"), **checkpoints.EFFECT)
+def take_server_backup(env: EnvironmentConfig, database: str, run_id: str | None) -> dict[str, Any]:
+    """az postgres flexible-server backup create: Azure's own on-demand backup of the server,
+    named after this run, so a new attempt finds it instead of taking another. It stays in
+    Azure; the logical dump that follows is the copy that leaves it."""
+    cfg = env.database(database).azure_server()
+    name = azure_plan.backup_name(run_id or backups.new_backup_id())
+    with azure.client(cfg) as arm:
+        seconds = 0.0
+        if azure.get_backup(arm, cfg, name) is None:
+            _, _, seconds = azure.run_operation(arm, cfg, env.name, "backup", f"{cfg.server}-{name}",
+                                                lambda: azure.start_backup(arm, cfg, name))
+        done = azure.get_backup(arm, cfg, name)
+    if done is None:
+        raise CheckFailed(f"Azure's backup {name} of {cfg.server} finished, but the server does not list it")
+    return {"server": cfg.server, "name": done.name, "kind": done.kind, "seconds": seconds,
+            "completed_at": done.completed_at.isoformat() if done.completed_at else None}
+
+
 @task(**checkpoints.REDO)
 def backup_one(environment: str, database: str) -> dict[str, Any]:
     """Run one database's backup as a subflow and report its outcome without raising."""
@@ -161,8 +180,11 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
     plan: RetentionPlan | None = None
     reused = False
     preflight_checks: dict[str, Any] = {}
+    server_backup: dict[str, Any] | None = None
     try:
         with holding(locks.backup(env, database), timeout_seconds=LOCK_TIMEOUT):
+            if env.database(database).kind == "azure-flexible":
+                server_backup = take_server_backup(env, database, run_id)
             manifest = find_committed_backup(env, database, run_id)
             reused = manifest is not None
             if not reused:
@@ -176,14 +198,15 @@ def backup_database(environment: str, database: str) -> dict[str, Any]:
             fault_point("backup.after-commit")
             plan = apply_retention(env, database, datetime.now(UTC))
     except BaseException as exc:  # a failure, or a cancel's SIGTERM
-        reports.publish(reports.backup(env, database, manifest, reused, None, scrub(str(exc)), preflight_checks))
+        reports.publish(reports.backup(env, database, manifest, reused, None, scrub(str(exc)), preflight_checks,
+                                       server_backup))
         raise
-    reports.publish(reports.backup(env, database, manifest, reused, plan, None, preflight_checks))
+    reports.publish(reports.backup(env, database, manifest, reused, plan, None, preflight_checks, server_backup))
     return {
         "runbook": "backup", "environment": env.name, "database": database, "backup_id": manifest.backup_id,
         "size": manifest.size, "sha256": manifest.sha256, "reused": reused,
         "rows": sum(manifest.row_counts.values()), "seconds": manifest.durations,
-        "kept": len(plan.keep), "deleted": len(plan.delete),
+        "kept": len(plan.keep), "deleted": len(plan.delete), "azure_backup": server_backup,
         "artifact": artifact_key("backup", env.name, database),
     }
 

@@ -28,6 +28,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.transactions import get_transaction, transaction
 
+from flows.azure_failover import azure_failover
 from tasks import (
     approvals,
     changes,
@@ -42,7 +43,7 @@ from tasks import (
 )
 from tasks.checks import Check
 from tasks.config import EnvironmentConfig, check_reason, load_environment
-from tasks.dr_steps import announce, emit_step, now_iso
+from tasks.dr_steps import announce, emit_step, now_iso, repoint_services
 from tasks.errors import CheckFailed, PolicyRefused
 from tasks.faults import fault_point
 from tasks.naming import artifact_key, namer
@@ -119,19 +120,10 @@ def repoint_apps(env: EnvironmentConfig, target: str) -> dict[str, Any]:
     if cfg.repoint is None:
         return {"at": now_iso(), "detail": "no dr.repoint configured"}
     fault_point("dr.before-repoint")
-    rp, node = cfg.repoint, cfg.node(target)
-    address = {rp.host_key: node.host, rp.port_key: str(node.port)}
-    with kubernetes.api_client(env.kubernetes) as api:
-        changed = kubernetes.set_config_values(api, rp.namespace, rp.kind, rp.name, address)
-        for service in rp.services:
-            svc = env.service(service)
-            kubernetes.restart(api, svc.namespace, svc.deployment, {"runbook-flows/database": f"{node.host}:{node.port}"})
-        for service in rp.services:
-            svc = env.service(service)
-            kubernetes.wait_for_rollout(api, svc.namespace, svc.deployment, svc.rollout_timeout.total_seconds())
-    emit_step(env, "repointed", {"node": target, "services": ",".join(rp.services)})
-    return {"at": now_iso(), "detail": f"{rp.kind} {rp.name} {'set to' if changed else 'already at'} "
-                                        f"{node.host}:{node.port}; restarted {', '.join(rp.services)}"}
+    node = cfg.node(target)
+    detail = repoint_services(env, cfg.repoint, node.host, node.port)
+    emit_step(env, "repointed", {"node": target, "services": ",".join(cfg.repoint.services)})
+    return {"at": now_iso(), "detail": detail}
 
 
 @task(**checkpoints.EFFECT)
@@ -208,10 +200,10 @@ def fence_and_promote(env: EnvironmentConfig, a: failover.Assessment, planned: b
 def dr_failover(environment: str, reason: str, planned: bool = False, force: bool = False,
                 down_since: datetime | None = None, last_known_lsn: int | None = None, emergency: bool = False,
                 emergency_reason: str | None = None) -> dict[str, Any]:
-    """Promote the standby in place of the primary, then repoint the applications and DNS to it,
-    check it takes writes and the apps are healthy, and tell the incident channel at each step.
-    In a protected environment an approval shows the assessment first. Refuses when the data at
-    risk is over the configured limits, unless force=True.
+    """Promote the standby (with no `dr` section: an Azure flexible server's replica) in place of
+    the primary, repoint the apps and DNS to it, check it takes writes and the apps are healthy,
+    and tell the incident channel at each step. In a protected environment an approval shows the
+    assessment first. Refuses when the data at risk is over the limits, unless force=True.
 
     Args:
         environment: The environment, as named by its file environments/<name>.yaml.
@@ -225,6 +217,8 @@ def dr_failover(environment: str, reason: str, planned: bool = False, force: boo
         emergency_reason: Why the switchover cannot wait for the next window (required with emergency).
     """
     env = load_environment(environment)
+    if env.dr is None and (db := env.azure_replicated()):  # an Azure server and its replica
+        return azure_failover(environment, db, reason, planned, emergency, emergency_reason)
     record = DrRecord("dr-failover", env.name, reason=check_reason(reason), planned=planned, force=force)
     env.check_dr_secrets()
     record.resumed(resume_attempt())

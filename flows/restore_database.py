@@ -27,8 +27,10 @@ from typing import Any, Literal
 from prefect import flow, task
 from prefect.transactions import Transaction, transaction
 
+from flows.azure_restore import azure_restore
 from tasks import (
     approvals,
+    azure,
     backups,
     changes,
     checkpoints,
@@ -38,6 +40,7 @@ from tasks import (
     locks,
     postgres,
     reports,
+    retries,
 )
 from tasks.config import EnvironmentConfig, check_choice, load_environment
 from tasks.errors import CheckFailed, ConfigError, PermanentError
@@ -332,6 +335,24 @@ def check_recovery(env: EnvironmentConfig, database: str, record: RestoreRecord)
 # --- flow ---------------------------------------------------------------------------------------------
 
 
+@task(**retries.policy("azure"), **checkpoints.CHECKPOINT)
+def azure_point_in_time(env: EnvironmentConfig, database: str, backup_id: str | None, mode: str) -> datetime | None:
+    """An Azure server restores as a new server (mode 'new'), to the time `backup_id` (one of
+    `az postgres flexible-server backup list`) completed, or to now."""
+    cfg = env.database(database).azure_server()
+    if mode != "new":
+        raise ConfigError(f"mode {mode!r}: database {database!r} is an Azure flexible server, which restores as a "
+                          "new server beside production; use mode 'new', then point the application at it")
+    if backup_id is None:
+        return None
+    with azure.client(cfg) as arm:
+        found = azure.get_backup(arm, cfg, backup_id)
+    if found is None or found.completed_at is None:
+        raise ConfigError(f"backup_id {backup_id!r} is not a completed backup of Azure server {cfg.server}; see "
+                          "`az postgres flexible-server backup list` or backup-database's report")
+    return found.completed_at
+
+
 @flow(name="restore-database", flow_run_name=namer("restore-database"), **HOOKS)
 def restore_database(environment: str, database: str, backup_id: str | None = None,
                      mode: Literal["swap", "new"] = "swap", emergency: bool = False,
@@ -357,6 +378,9 @@ def restore_database(environment: str, database: str, backup_id: str | None = No
     env = load_environment(environment)
     cfg = env.database(database)
     mode = check_choice("mode", mode, MODES, "a restore mode")
+    if cfg.kind == "azure-flexible":  # Azure restores to a new server, at a backup's completion time
+        return azure_restore(environment, database, azure_point_in_time(env, database, backup_id,
+                                                                                     mode))
     cfg.check_secrets()
     record = RestoreRecord(env.name, database, mode, name_copies(env, database))
     record.resumed(resume_attempt())

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.runtime import flow_run
 
+from flows.azure_restore import azure_restore_test
 from tasks import checkpoints, checks, reports
 from tasks.config import EnvironmentConfig, load_environment
 from tasks.errors import CheckFailed
@@ -39,7 +40,9 @@ def restore_test(environment: str, database: str, backup_id: str | None = None) 
     """Prove a backup restores: fetch it with its checksum checked, restore into a
     scratch database with pg_restore -j, compare row counts with the manifest, run
     amcheck and the smoke queries, measure RTO and RPO against the objectives, and
-    drop the scratch database whatever happens.
+    drop the scratch database whatever happens. For an Azure flexible server: restore
+    the server to a recent point in time as a new server, run the smoke queries there,
+    and delete it whatever happens.
 
     Args:
         environment: The environment, as named by its file environments/<name>.yaml.
@@ -48,6 +51,8 @@ def restore_test(environment: str, database: str, backup_id: str | None = None) 
     """
     env = load_environment(environment)
     cfg = env.database(database)
+    if cfg.kind == "azure-flexible":  # a new server at a recent point in time, not a logical dump
+        return azure_restore_test(environment, database)
     cfg.check_secrets()
     resume_attempt()
     started_at, scratch = name_scratch(env, database)

@@ -27,6 +27,9 @@ Work dir layout:
                        log/, lock/, spool/; owned by the PostgreSQL account (sandbox/pgbackrest.py)
     prefect/           `prefect up`'s Prefect server and workers: logs, PREFECT_HOMEs, results
     backups/           target of the file:// storage in sandbox.yaml
+    azure/             the fake Azure Resource Manager (sandbox/azure_arm.py): azure_arm.json, .log,
+                       pg/ (its servers' clusters, sandbox/azure_pg.py), backups/ (its Azure backups)
+    azure-backups/     target of the file:// storage in sandbox-azure.yaml (the logical dumps)
 """
 
 from __future__ import annotations
@@ -48,8 +51,26 @@ import httpx
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from sandbox import cluster, faultproxy, orchestration, pgbackrest, postgres, replication, s3, sampledata, tls
-from sandbox.environment import environment_dict, environment_text, write_environment, write_kubeconfig_via
+from sandbox import (
+    azure_arm,
+    cluster,
+    faultproxy,
+    orchestration,
+    pgbackrest,
+    postgres,
+    replication,
+    s3,
+    sampledata,
+    tls,
+)
+from sandbox.environment import (
+    AZURE_ENVIRONMENT,
+    azure_environment_dict,
+    environment_dict,
+    environment_text,
+    write_environment,
+    write_kubeconfig_via,
+)
 from sandbox.process import cmdline, free_port, pid_alive, scrub
 from sandbox.state import (
     ENV_FILE,
@@ -83,6 +104,7 @@ PORT_ATTEMPTS = 3
 S3_PROXY_DIR = "faultproxy-s3"
 KUBE_PROXY_DIR = "faultproxy-kube"
 TLS_DIR = "tls"
+AZURE_DIR = "azure"
 _SOCKET_NAME_MAX = 107 - len("/.s.PGSQL.65535")  # sun_path is 108 bytes including the NUL
 
 
@@ -114,14 +136,15 @@ def up(workdir: Path | None = None, size_mb: int = 64, environments_dir: Path | 
         report = status(workdir)
         if report["healthy"]:
             return existing
-        pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["replication"],
-                  **report["prefect"]}
+        pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["azure"],
+                  **report["replication"], **report["prefect"]}
         broken = ", ".join(f"{name}: {c['detail']}" for name, c in pieces.items() if not c["ok"])
         if all(c["ok"] for c in (*report["components"].values(), *report["archiving"].values(),
-                                 *report["proxies"].values(), *report["replication"].values())):
+                                 *report["proxies"].values(), *report["azure"].values(),
+                                 *report["replication"].values())):
             fix = f"run `python -m sandbox prefect down --dir {workdir}` and then `prefect up` again"
         elif all(c["ok"] for c in (*report["components"].values(), *report["archiving"].values(),
-                                   *report["proxies"].values())):
+                                   *report["proxies"].values(), *report["azure"].values())):
             fix = "put the pair back with `sandbox.replication.reset(state)`, or `down` and `up` again"
         else:
             fix = f"run `python -m sandbox down --dir {workdir}` and then `up` again"
@@ -179,7 +202,7 @@ def _claim(workdir: Path) -> None:
 def _start(workdir: Path, size_mb: int, env_dir: Path, bin_dir: Path) -> SandboxState:
     # The replicated pair builds in a thread of its own while the rest starts. Leaving waits for
     # it even on a failure, so `up`'s clean-up finds all it started.
-    pair_pool = ThreadPoolExecutor(max_workers=1)
+    pair_pool = ThreadPoolExecutor(max_workers=2)  # the pair, and the fake Azure servers
     try:
         return _start_pieces(workdir, size_mb, env_dir, bin_dir, pair_pool)
     finally:
@@ -193,12 +216,15 @@ def _start_pieces(
     access_key = "AKIA" + _token(16, string.ascii_uppercase + string.digits)
     secret_key = _token(40)
     pair_passwords = {"admin_password": _token(32), "replicator_password": _token(32), "app_password": _token(32)}
-    hidden = [password, secret_key, *pair_passwords.values()]
+    azure_header, azure_password = _token(32), _token(32)
+    hidden = [password, secret_key, *pair_passwords.values(), azure_header, azure_password]
 
     # moto takes a few seconds to import: start it first and build the clusters meanwhile.
     moto_port = free_port()
     moto = s3.start(workdir, moto_port)
     pair_building = pair_pool.submit(_create_pair, workdir, bin_dir, pair_passwords, hidden)
+    # The fake Azure Resource Manager seeds its servers in its own process meanwhile.
+    azure_starting = pair_pool.submit(_start_azure, workdir, bin_dir, azure_header, azure_password, hidden)
 
     pg_dir = workdir / "pg"
     # The TLS terminator in front of moto (and its certificate) starts meanwhile too: its port
@@ -271,6 +297,7 @@ def _start_pieces(
             proxies = _start_proxies(workdir, endpoint, kube)
         stanza.result()
         dns_fields = dns.result()
+    azure = _azure_ready(azure_starting.result(), hidden)
 
     state = SandboxState(
         workdir=workdir,
@@ -309,6 +336,10 @@ def _start_pieces(
         ha_replicator_password=pair_passwords["replicator_password"],
         ha_app_password=pair_passwords["app_password"],
         **dns_fields,
+        **azure,
+        azure_identity_header=azure_header,
+        azure_admin_password=azure_password,
+        azure_environment_file=env_dir / f"{AZURE_ENVIRONMENT}.yaml",
     )
     with _step("loading the sample data", hidden):
         for db in DATABASES:
@@ -319,9 +350,12 @@ def _start_pieces(
     write_private(workdir / ENV_FILE, _env_file_text(state))
     config = write_environment(state, env_dir / "sandbox.yaml", "sandbox")
     try:
+        write_environment(state, env_dir / f"{AZURE_ENVIRONMENT}.yaml", AZURE_ENVIRONMENT, azure_environment_dict)
         save_state(state)  # last: a state file means `up` finished
     except BaseException:
-        config.unlink(missing_ok=True)  # the work dir goes on failure; this file lives elsewhere
+        # The work dir goes on failure; these files live elsewhere.
+        config.unlink(missing_ok=True)
+        (env_dir / f"{AZURE_ENVIRONMENT}.yaml").unlink(missing_ok=True)
         raise
     return state
 
@@ -331,6 +365,24 @@ def _start_tls(workdir: Path, upstream: str, hidden: list[str]) -> tls.DetachedT
     on the first start (in <workdir>/tls, readable by the PostgreSQL account's pgBackRest)."""
     with _step("starting the TLS terminator in front of S3", hidden):
         return tls.start_detached(workdir / TLS_DIR, upstream=upstream)
+
+
+def _start_azure(workdir: Path, bin_dir: Path, header: str, password: str, hidden: list[str]) -> azure_arm.DetachedArm:
+    """The fake Azure Resource Manager, serving; its seed (fleet-pg and the rest) still runs."""
+    with _step("starting the fake Azure Resource Manager", hidden):
+        (workdir / "azure-backups").mkdir(mode=0o700)
+        return azure_arm.start_detached(workdir / AZURE_DIR, identity_header=header, admin_password=password,
+                                        seed=azure_arm.sandbox_seed(), pg_bin=bin_dir, wait=False)
+
+
+def _azure_ready(arm: azure_arm.DetachedArm, hidden: list[str]) -> dict[str, Any]:
+    """Wait for the fake's seed; its SandboxState fields."""
+    with _step("seeding the fake Azure flexible servers", hidden):
+        arm.control.wait_ready()
+        fqdn = arm.control.server(azure_arm.SERVER)["properties"]["fullyQualifiedDomainName"]
+    return {"azure_arm_url": arm.url, "azure_arm_pid": arm.pid, "azure_dir": arm.state_dir,
+            "azure_pg_port": arm.pg_port, "azure_subscription_id": azure_arm.SUBSCRIPTION, "azure_fqdn": fqdn,
+            "azure_admin_user": azure_arm.ADMIN_USER}
 
 
 def _create_pair(workdir: Path, bin_dir: Path, passwords: dict[str, str], hidden: list[str]) -> replication.Pair:
@@ -427,9 +479,11 @@ def down(workdir: Path | None = None) -> list[str]:
     except PermanentError:
         state = None  # damaged state: find the processes through their pid files instead
     actions = _stop_everything(workdir, state, None)
-    if state is not None and state.environment_file is not None:
-        if _remove_if_ours(state):
-            actions.append(f"removed {state.environment_file}")
+    if state is not None:
+        for path, name, build in ((state.environment_file, "sandbox", environment_dict),
+                                  (state.azure_environment_file, AZURE_ENVIRONMENT, azure_environment_dict)):
+            if path is not None and _remove_if_ours(state, path, name, build):
+                actions.append(f"removed {path}")
     shutil.rmtree(workdir)
     actions.append(f"removed {workdir}")
     return actions
@@ -444,6 +498,8 @@ def _stop_everything(workdir: Path, state: SandboxState | None, bin_dir: Path | 
     restores = (state.pgbackrest_restore_dir if state else None) or pgbackrest.layout(workdir).restores
     actions += pgbackrest.stop_orphans(restores, bin_dir)
     actions += _stop_proxies(workdir) + cluster.stop(workdir)
+    if (workdir / AZURE_DIR).exists():
+        actions += azure_arm.stop_detached(workdir / AZURE_DIR, bin_dir=bin_dir)
     actions += replication.stop_all(workdir, state, bin_dir)  # whatever flows made of it
     data = state.pg_data_dir if state else workdir / "pg" / "data"
     # A fast shutdown lets the archiver try the WAL still waiting; with S3 unreachable each
@@ -474,14 +530,13 @@ def _archive_reachable(state: SandboxState | None) -> bool:
     return True
 
 
-def _remove_if_ours(state: SandboxState) -> bool:
-    """Remove sandbox.yaml if it is still the one this sandbox wrote (not edited, not newer)."""
-    path = state.environment_file
+def _remove_if_ours(state: SandboxState, path: Path, name: str, build: Any) -> bool:
+    """Remove an environment file if it is still the one this sandbox wrote (not edited, not newer)."""
     try:
-        if path is not None and path.read_text() == environment_text(state, "sandbox"):
+        if path.read_text() == environment_text(state, name, build):
             path.unlink()
             return True
-    except OSError:
+    except (OSError, RunbookError):
         pass
     return False
 
@@ -499,17 +554,18 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
 
     {"workdir", "healthy", "components": {"postgres"|"s3"|"kubernetes"|"webapp": {"ok", "address",
      "pid", "detail"}}, "archiving": {"s3-tls"|"pgbackrest": {...the same}}, "proxies":
-     {"s3-proxy"|"kube-proxy": {...the same}}, "replication": {"ha"|"dns": {...the same; ha also
+     {"s3-proxy"|"kube-proxy": {...the same}}, "azure": {"azure-arm": {...the same}}, "replication":
+     {"ha"|"dns": {...the same; ha also
      "nodes": {"pg-a"|"pg-b": {"role", "port", "pid", "replication" on the primary}}}},
      "prefect": {"prefect"|"worker-N": {...the same}}, "environment_file"}; components is empty
-    when there is no sandbox, archiving in a sandbox from before pgBackRest, replication before
-    the pair, prefect while `prefect up` has not run. `healthy` counts them all.
+    when there is no sandbox, archiving in a sandbox from before pgBackRest, azure before the fake
+    Azure Resource Manager, replication before the pair, prefect while `prefect up` has not run. `healthy` counts them all.
     """
     workdir = _workdir(workdir)
     state = load_state(workdir)
     if state is None:
         return {"workdir": str(workdir), "healthy": False, "components": {}, "archiving": {}, "proxies": {},
-                "replication": {}, "prefect": {}, "environment_file": None}
+                "azure": {}, "replication": {}, "prefect": {}, "environment_file": None}
     hidden = state.secrets()
     components: dict[str, dict[str, Any]] = {}
 
@@ -545,15 +601,17 @@ def status(workdir: Path | None = None) -> dict[str, Any]:
     }
 
     archiving = _archiving_components(state, hidden, s3_ok=components["s3"]["ok"])
+    azure = _azure_components(state)
     pair = replication.describe(state, dns_reachable=components["s3"]["ok"]) if state.ha_nodes else {}
     prefect = _prefect_components(state)
     return {
         "workdir": str(workdir),
         "healthy": all(c["ok"] for c in (*components.values(), *archiving.values(), *proxies.values(),
-                                         *pair.values(), *prefect.values())),
+                                         *azure.values(), *pair.values(), *prefect.values())),
         "components": components,
         "archiving": archiving,
         "proxies": proxies,
+        "azure": azure,
         "replication": pair,
         "prefect": prefect,
         "environment_file": str(state.environment_file) if state.environment_file else None,
@@ -583,6 +641,24 @@ def _archiving_components(state: SandboxState, hidden: list[str], *, s3_ok: bool
         pieces["pgbackrest"] = {"ok": ok, "address": str(state.pgbackrest_config), "pid": None,
                                 "detail": scrub(detail, hidden)}
     return pieces
+
+
+def _azure_components(state: SandboxState) -> dict[str, dict[str, Any]]:
+    """The fake Azure Resource Manager as a status piece (none in an older sandbox): ok when its
+    control API says it is ready and its process lives; the detail names each server's state."""
+    if state.azure_arm_url is None:
+        return {}
+    piece = _http_component(state.azure_arm_url, state.azure_arm_url, "/_control/healthz", state.azure_arm_pid)
+    if piece["ok"]:
+        try:
+            seen = azure_arm.ArmControl(state.azure_arm_url, timeout=3).state()
+            servers = ", ".join(f"{name} {s['properties']['state']} {s['properties']['replica']['role']} at "
+                                f"{s['properties']['fullyQualifiedDomainName']}" for name, s in seen["servers"].items())
+            piece["ok"] = seen["health"]["status"] == "ok"
+            piece["detail"] = f"{seen['health']['status']}; PostgreSQL port {state.azure_pg_port}: {servers or 'no servers'}"
+        except (httpx.HTTPError, RunbookError, KeyError) as exc:
+            piece["ok"], piece["detail"] = False, f"/_control/state unreadable: {type(exc).__name__}"
+    return {"azure-arm": piece}
 
 
 def _prefect_components(state: SandboxState) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,8 @@
 | prefect up [--dir D] [--workers N] [--sqlite] | prefect down [--dir D]`.
 
 up            start PostgreSQL 15 (archiving WAL with pgBackRest) and moto's S3 on loopback,
-              load sample data, write environments/sandbox.yaml and <dir>/sandbox.env; on a
+              the fake Azure Resource Manager and its flexible servers, load sample data, write
+              environments/sandbox.yaml, sandbox-azure.yaml and <dir>/sandbox.env; on a
               running sandbox, say so.
 down          stop everything (Prefect's server and workers too) and remove <dir>; fine to run twice.
 status        show each piece and whether it answers; exit 1 if something is down.
@@ -112,10 +113,19 @@ def _describe(state: SandboxState) -> None:
             ("pgbackrest", str(state.pgbackrest_config), f"stanza {state.pgbackrest_stanza}: WAL to repo1 (S3) and repo2"),
             ("", "", f"repo2 {state.pgbackrest_posix_repo}, restores {state.pgbackrest_restore_dir}"),
         ]
+    if state.azure_arm_url is not None:
+        rows += [
+            ("azure", state.azure_arm_url, f"fake Azure Resource Manager (fleet-pg, fleet-pg-replica, fleet-pg-ve), "
+                                           f"pid {state.azure_arm_pid}"),
+            ("", "", f"servers at 127.0.1.N:{state.azure_pg_port}, fleet-pg at {state.azure_fqdn}; "
+                     f"log {state.azure_dir}/azure_arm.log"),
+        ]
     rows += [
         ("backups", str(state.backup_dir), "file:// storage of the pgbench database"),
         ("config", str(state.environment_file), "environment 'sandbox'"),
     ]
+    if state.azure_environment_file is not None:
+        rows.append(("config", str(state.azure_environment_file), "environment 'sandbox-azure'"))
     for name, where, what in rows:
         print(f"  {name:<10} {where:<40} {what}")
     print("secrets for the config (never printed):")
@@ -150,8 +160,8 @@ def _status(workdir: Path) -> int:
         print(f"no sandbox in {workdir} (start one with `python -m sandbox up --dir {workdir}`)")
         return 1
     print(f"sandbox in {workdir}: {'healthy' if report['healthy'] else 'NOT healthy'}")
-    pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["replication"],
-              **report["prefect"]}
+    pieces = {**report["components"], **report["archiving"], **report["proxies"], **report["azure"],
+              **report["replication"], **report["prefect"]}
     for name, c in pieces.items():
         pid = f"pid {c['pid']}" if c["pid"] else "no process"
         print(f"  {name:<10} {'up  ' if c['ok'] else 'DOWN'}  {c['address']:<28} {pid:<12} {c['detail']}")

@@ -16,6 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from sandbox.state import (
+    ENV_AZURE_ADMIN_PASSWORD,
+    ENV_AZURE_DSN,
     ENV_PG_DSN,
     ENV_S3_ACCESS_KEY,
     ENV_S3_SECRET_KEY,
@@ -28,6 +30,7 @@ from tasks.config import EnvironmentConfig, format_validation_error
 from tasks.errors import ConfigError
 
 S3_PREFIX = "sandbox"
+AZURE_ENVIRONMENT = "sandbox-azure"
 
 
 def environment_dict(state: SandboxState, name: str = "sandbox") -> dict[str, Any]:
@@ -213,12 +216,55 @@ def _kubernetes_part(state: SandboxState) -> dict[str, Any]:
             "services": services_config(state.webapp_url, orders=bool(state.ha_nodes))}
 
 
-def environment_text(state: SandboxState, name: str = "sandbox") -> str:
-    """The YAML file `write_environment` writes, validated first.
+def azure_environment_dict(state: SandboxState, name: str = AZURE_ENVIRONMENT) -> dict[str, Any]:
+    """The `sandbox-azure` environment: fleetdb on the fake Azure flexible server fleet-pg
+    (sandbox/azure_arm.py), its replica and virtual endpoint for failovers, signed in with
+    DefaultAzureCredential through the fake's managed identity (IDENTITY_ENDPOINT/HEADER)."""
+    if not state.azure_arm_url or not state.azure_pg_port or not state.azure_subscription_id:
+        raise ConfigError(f"the sandbox in {state.workdir} has no fake Azure Resource Manager (it was started "
+                          f"before it existed); run `python -m sandbox down --dir {state.workdir}` and then `up` again")
+    from sandbox import azure_arm
+
+    return {
+        "name": name,
+        "timezone": "UTC",
+        "protected": False,
+        "databases": {
+            azure_arm.DATABASE: {
+                "kind": "azure-flexible",
+                "dsn": {"env": ENV_AZURE_DSN},
+                "storage": {"url": f"file://{state.workdir}/azure-backups"},
+                "retention": {"days": 7},
+                "objectives": {"rto": "4h", "rpo": "24h"},
+                "restore_test": {
+                    "smoke_queries": [{"name": "vehicles present", "sql": "SELECT count(*) FROM vehicles", "min": 1}],
+                },
+                "azure": {
+                    "subscription_id": state.azure_subscription_id,
+                    "resource_group": azure_arm.RESOURCE_GROUP,
+                    "server": azure_arm.SERVER,
+                    "location": azure_arm.LOCATION,
+                    "endpoint": state.azure_arm_url,
+                    "credential": {"kind": "default"},
+                    "admin_user": state.azure_admin_user or azure_arm.ADMIN_USER,
+                    "admin_password": {"env": ENV_AZURE_ADMIN_PASSWORD},
+                    "port": state.azure_pg_port,
+                    "sslmode": "disable",
+                    "replica": azure_arm.REPLICA,
+                    "virtual_endpoint": azure_arm.VIRTUAL_ENDPOINT,
+                },
+            },
+        },
+    }
+
+
+def environment_text(state: SandboxState, name: str = "sandbox",
+                     build: Callable[[SandboxState, str], dict[str, Any]] = environment_dict) -> str:
+    """The YAML file `write_environment` writes (`build` makes its data), validated first.
 
     Validation comes first, so a file that `load_environment` would refuse is never written.
     """
-    data = environment_dict(state, name)
+    data = build(state, name)
     try:
         EnvironmentConfig.model_validate(data)
     except ValidationError as exc:
@@ -230,9 +276,10 @@ def environment_text(state: SandboxState, name: str = "sandbox") -> str:
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def write_environment(state: SandboxState, path: Path, name: str = "sandbox") -> Path:
-    """Write the environment config for this sandbox as YAML to `path`; returns the path."""
-    text = environment_text(state, name)
+def write_environment(state: SandboxState, path: Path, name: str = "sandbox",
+                      build: Callable[[SandboxState, str], dict[str, Any]] = environment_dict) -> Path:
+    """Write the environment config for this sandbox (`build`'s) as YAML to `path`; returns the path."""
+    text = environment_text(state, name, build)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -28,6 +28,13 @@ ENV_HA_PG_B_DSN = "RUNBOOK_SANDBOX_HA_PG_B_DSN"
 ENV_HA_APP_PASSWORD = "RUNBOOK_SANDBOX_HA_APP_PASSWORD"
 ENV_WEBHOOK_URL = "RUNBOOK_SANDBOX_WEBHOOK_URL"
 HA_DSN_ENV = {"pg-a": ENV_HA_PG_A_DSN, "pg-b": ENV_HA_PG_B_DSN}
+# The fake Azure Resource Manager (sandbox/azure_arm.py): azure-identity's App Service managed
+# identity variables (DefaultAzureCredential signs in at the fake with them), the administrator's
+# password of its servers, and a libpq URI as that administrator to fleetdb on fleet-pg.
+ENV_IDENTITY_ENDPOINT = "IDENTITY_ENDPOINT"
+ENV_IDENTITY_HEADER = "IDENTITY_HEADER"
+ENV_AZURE_ADMIN_PASSWORD = "RUNBOOK_SANDBOX_AZURE_ADMIN_PASSWORD"
+ENV_AZURE_DSN = "RUNBOOK_SANDBOX_AZURE_DSN"
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,19 @@ class SandboxState:
     route53_zone_id: str | None = None
     dns_zone: str | None = None
     dns_record: str | None = None
+    # The fake Azure Resource Manager (sandbox/azure_arm.py) and its flexible servers, each a
+    # PostgreSQL cluster on azure_pg_port of its own 127.0.1.N (azure_fqdn: fleet-pg's); its
+    # files in azure_dir, its environment in azure_environment_file. None in an older sandbox.
+    azure_arm_url: str | None = None
+    azure_arm_pid: int | None = None
+    azure_dir: Path | None = None
+    azure_pg_port: int | None = None
+    azure_subscription_id: str | None = None
+    azure_fqdn: str | None = None
+    azure_admin_user: str | None = None
+    azure_identity_header: str | None = field(default=None, repr=False)
+    azure_admin_password: str | None = field(default=None, repr=False)
+    azure_environment_file: Path | None = None
 
     @property
     def pg_socket_dir(self) -> Path:
@@ -128,6 +148,12 @@ class SandboxState:
         where = self.ha_nodes[node]
         return f"postgresql://dr_admin:{self.ha_admin_password}@{where['host']}:{where['port']}/{dbname}"
 
+    def azure_dsn(self, dbname: str = "fleetdb") -> str:
+        """libpq URI for the fake Azure servers' administrator to `dbname` on fleet-pg, password
+        included: keep it out of logs."""
+        return (f"postgresql://{self.azure_admin_user}:{self.azure_admin_password}@{self.azure_fqdn}:{self.azure_pg_port}"
+                f"/{dbname}?sslmode=disable")
+
     def secret_env(self) -> dict[str, str]:
         """The environment variables sandbox.yaml refers to, with their values."""
         env = {
@@ -139,12 +165,17 @@ class SandboxState:
             env.update({var: self.ha_admin_dsn(node) for node, var in HA_DSN_ENV.items() if node in self.ha_nodes})
             if self.ha_app_password:
                 env[ENV_HA_APP_PASSWORD] = self.ha_app_password
+        if self.azure_arm_url and self.azure_identity_header and self.azure_admin_password:
+            env.update({ENV_IDENTITY_ENDPOINT: f"{self.azure_arm_url}/msi/token",
+                        ENV_IDENTITY_HEADER: self.azure_identity_header,
+                        ENV_AZURE_ADMIN_PASSWORD: self.azure_admin_password, ENV_AZURE_DSN: self.azure_dsn()})
         return env
 
     def secrets(self) -> list[str]:
         """Every secret value, for scrubbing messages."""
         return [s for s in (self.pg_password, self.s3_secret_key, self.prefect_db_password, self.ha_admin_password,
-                            self.ha_replicator_password, self.ha_app_password) if s]
+                            self.ha_replicator_password, self.ha_app_password, self.azure_identity_header,
+                            self.azure_admin_password) if s]
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -167,6 +198,7 @@ class SandboxState:
 _PATH_FIELDS = frozenset({
     "workdir", "pg_data_dir", "pg_bin", "backup_dir", "environment_file", "kubeconfig", "proxy_kubeconfig",
     "pgbackrest_config", "pgbackrest_restore_dir", "pgbackrest_posix_repo", "tls_ca_file", "ha_dir", "ha_passfile",
+    "azure_dir", "azure_environment_file",
 })
 
 

@@ -27,9 +27,9 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
-from tasks import approvals, locks, prefect_api, windows
+from tasks import approvals, azure, azure_plan, locks, prefect_api, windows
 from tasks.config import EnvironmentConfig, check_reason
-from tasks.errors import PolicyRefused
+from tasks.errors import PolicyRefused, RunbookError
 from tasks.records import RunRecord
 
 # The least time given to taking a free slot: the acquisition is an API round trip (or a few,
@@ -74,6 +74,33 @@ def _busy(env: EnvironmentConfig, runbook: str, holders: list[prefect_api.RunRef
             "let it finish (or cancel it), then run again")
 
 
+def with_azure_patching(env: EnvironmentConfig) -> tuple[windows.WindowsConfig | None, list[str]]:
+    """The environment's calendar, plus the custom maintenance window of each Azure flexible server
+    it has, read from Azure now, as a freeze: no change is planned on top of Azure's patching. A
+    window that cannot be read is a note in the run's report, not a refusal."""
+    freezes: list[windows.Window] = []
+    notes: list[str] = []
+    for db in env.databases.values():
+        if db.azure is None:
+            continue
+        try:
+            with azure.client(db.azure) as arm:
+                server = azure.get_server(arm, db.azure, db.azure.server)
+        except RunbookError as exc:
+            notes.append(f"Azure's maintenance window of {db.azure.server} could not be read, so it was not "
+                         f"checked: {exc}")
+            continue
+        freeze = azure_plan.patch_freeze(db.azure.server, server.maintenance if server else None,
+                                         db.azure.patch_duration)
+        if freeze is not None:
+            freezes.append(freeze)
+    if not freezes:
+        return env.windows, notes
+    current = env.windows or windows.WindowsConfig()
+    return windows.WindowsConfig(require_for=current.require_for, maintenance=current.maintenance,
+                                 freezes=[*current.freezes, *freezes]), notes
+
+
 def admit(env: EnvironmentConfig, runbook: str, record: RunRecord, *, emergency: bool = False,
           emergency_reason: str | None = None, unplanned: bool = False, now: datetime | None = None) -> str | None:
     """Windows and freezes for `runbook` now. Refused: PolicyRefused naming the freeze or the
@@ -84,7 +111,9 @@ def admit(env: EnvironmentConfig, runbook: str, record: RunRecord, *, emergency:
         return None  # a subflow of a run that was admitted and holds the slot: its admission covers this
     if emergency:
         emergency_reason = check_reason(emergency_reason, "emergency_reason")
-    verdict = windows.decide(env.windows, runbook, now or datetime.now(UTC), env.timezone, emergency=emergency,
+    calendar, unread = with_azure_patching(env)
+    record.notes += unread
+    verdict = windows.decide(calendar, runbook, now or datetime.now(UTC), env.timezone, emergency=emergency,
                              unplanned=unplanned)
     if not verdict.allowed:
         raise PolicyRefused(f"{verdict.reason.rstrip('.')}. An emergency change may go ahead with emergency=True, "

@@ -198,7 +198,117 @@ class MigrationsConfig(Model):
     backup_first: bool = Field(True, description="Take a backup (the checkpoint) before any change")
 
 
+# --- Azure Database for PostgreSQL flexible server ------------------------------------
+
+AZURE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+AZURE_RG_RE = re.compile(r"^[-\w._()]{1,90}$")
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _azure_server_name(v: str | None) -> str | None:
+    if v is not None and not AZURE_NAME_RE.match(v):
+        raise ValueError("an Azure server name: 3 to 63 lower-case letters, digits and '-', not starting or "
+                         "ending with '-'")
+    return v
+
+
+AzureServerName = Annotated[str, AfterValidator(_azure_server_name)]
+
+
+class AzureCredential(Model):
+    """How we sign in to Azure Resource Manager. `default` is azure-identity's DefaultAzureCredential
+    (environment, workload or managed identity, Azure CLI); `service-principal` reads a client
+    secret from a Secret block or an environment variable."""
+
+    kind: Literal["default", "service-principal"] = Field("default", description="default: "
+                                                          "DefaultAzureCredential; service-principal: the three below")
+    tenant_id: str | None = Field(None, description="Entra tenant id (service-principal)")
+    client_id: str | None = Field(None, description="Application (client) id (service-principal)")
+    client_secret: SecretRef | None = Field(None, description="Client secret (service-principal)")
+    authority: str | None = Field(None, description="Sign-in host; default: login.microsoftonline.com")
+
+    @model_validator(mode="after")
+    def _principal(self) -> AzureCredential:
+        missing = [k for k in ("tenant_id", "client_id", "client_secret") if getattr(self, k) is None]
+        if self.kind == "service-principal" and missing:
+            raise ValueError(f"kind 'service-principal' needs {', '.join(missing)}")
+        if self.kind == "default" and len(missing) < 3:
+            raise ValueError("tenant_id, client_id and client_secret are for kind 'service-principal'; "
+                             "kind 'default' uses DefaultAzureCredential")
+        return self
+
+
+class AzureServerConfig(Model):
+    """An Azure Database for PostgreSQL flexible server, driven through Azure Resource Manager."""
+
+    subscription_id: str = Field(description="Azure subscription id (a UUID)")
+    resource_group: str = Field(description="Resource group of the server")
+    server: AzureServerName = Field(description="The flexible server's name")
+    location: str = Field(description="Azure region of the server, like eastus")
+    endpoint: HttpUrl = Field("https://management.azure.com", description="Azure Resource Manager URL; plain http "
+                                                                          "only on loopback (a sandbox)")
+    credential: AzureCredential = Field(default_factory=AzureCredential)
+    admin_user: str = Field(description="The server's administrator login (restored servers keep it)")
+    admin_password: SecretRef = Field(description="Its password, for the smoke queries on a restored server")
+    port: int = Field(5432, ge=1, le=65535, description="Port of the servers' PostgreSQL endpoint")
+    sslmode: Literal["require", "verify-full", "disable"] = Field("require", description="libpq sslmode to the "
+                                                                                         "servers")
+    replica: AzureServerName | None = Field(None, description="The read replica dr_failover promotes")
+    virtual_endpoint: str | None = Field(None, description="Virtual endpoint repointed to the new primary after "
+                                                           "a promotion")
+    repoint: RepointConfig | None = Field(None, description="Or: the app's Secret or ConfigMap that gets the new "
+                                                           "primary's FQDN, and the services restarted")
+    patch_duration: Duration = Field(timedelta(hours=1), description="How long Azure's patching of the server "
+                                                                     "may take from the start of its custom "
+                                                                     "maintenance window: a freeze of changes")
+    restore_lag: Duration = Field(timedelta(minutes=5), description="restore_test restores to this long ago "
+                                                                    "(Azure's restore points trail the server)")
+    operation_timeout: Duration = Field(timedelta(hours=2), description="Upper bound on one Azure operation "
+                                                                        "(a restore, a backup, a promotion)")
+    retries: int = Field(5, ge=0, le=20, description="Retries of a throttled (429) or failed (5xx) request; "
+                                                     "Retry-After is honoured")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https_off_loopback(cls, v: str) -> str:
+        host = urlparse(v).hostname or ""
+        if v.startswith("http://") and not (host == "localhost" or host.startswith("127.") or host == "::1"):
+            raise ValueError("plain http sends the bearer token in the clear: use https (http only on loopback, "
+                             "for a sandbox)")
+        return v
+
+    @field_validator("subscription_id")
+    @classmethod
+    def _subscription(cls, v: str) -> str:
+        if not UUID_RE.match(v):
+            raise ValueError("a subscription id: a UUID like 00000000-0000-0000-0000-000000000000")
+        return v
+
+    @field_validator("resource_group")
+    @classmethod
+    def _rg(cls, v: str) -> str:
+        if not AZURE_RG_RE.match(v) or v.endswith("."):
+            raise ValueError("a resource group name: up to 90 letters, digits, '-', '_', '.', '(' and ')'")
+        return v
+
+    @model_validator(mode="after")
+    def _replica_differs(self) -> AzureServerConfig:
+        if self.replica is not None and self.replica == self.server:
+            raise ValueError(f"replica {self.replica!r} is the server itself")
+        if (self.virtual_endpoint or self.repoint) and self.replica is None:
+            raise ValueError("virtual_endpoint and repoint are for a failover: set 'replica' too")
+        return self
+
+    def check_secrets(self) -> None:
+        self.admin_password.resolve()
+        if self.credential.client_secret is not None:
+            self.credential.client_secret.resolve()
+
+
 class DatabaseConfig(Model):
+    kind: Literal["postgres", "azure-flexible"] = Field("postgres", description="postgres: a server we run; "
+                                                        "azure-flexible: an Azure flexible server (see 'azure')")
+    azure: AzureServerConfig | None = Field(None, description="The Azure flexible server (kind azure-flexible)")
     dsn: SecretRef = Field(description="Connection string of the server (libpq URI or key=value)")
     dbname: str = Field("", description="Database name on the server; default: the entry's key")
     storage: StorageConfig
@@ -219,6 +329,22 @@ class DatabaseConfig(Model):
         for ref in refs:
             if ref is not None:
                 ref.resolve()
+        if self.azure is not None:
+            self.azure.check_secrets()
+
+    @model_validator(mode="after")
+    def _kind(self) -> DatabaseConfig:
+        if self.kind == "azure-flexible" and self.azure is None:
+            raise ValueError("kind 'azure-flexible' needs an 'azure' section: subscription_id, resource_group, "
+                             "server, location, admin_user, admin_password")
+        if self.kind == "postgres" and self.azure is not None:
+            raise ValueError("an 'azure' section is for kind 'azure-flexible'; set kind: azure-flexible")
+        return self
+
+    def azure_server(self) -> AzureServerConfig:
+        if self.azure is None:
+            raise ConfigError(f"database {self.dbname!r} is of kind {self.kind!r}, not 'azure-flexible'")
+        return self.azure
 
     @model_validator(mode="before")
     @classmethod
@@ -859,6 +985,15 @@ class EnvironmentConfig(Model):
         failover never waits on the incident channel (an announcement that cannot be sent is
         a warning in the run's log)."""
         self.dr_pair().check_secrets()
+
+    def azure_replicated(self) -> str | None:
+        """The one Azure flexible server database with a replica, which dr_failover promotes when
+        there is no `dr` section."""
+        found = [n for n, db in self.databases.items() if db.azure is not None and db.azure.replica]
+        if len(found) > 1:
+            raise ConfigError(f"environment {self.name!r} has several Azure databases with a replica "
+                              f"({', '.join(sorted(found))}); run azure-failover with the database")
+        return found[0] if found else None
 
     def dr_pair(self) -> DrConfig:
         if self.dr is None:

@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect import task
 
-from tasks import checkpoints, notify, prefect_api
-from tasks.config import EnvironmentConfig
+from tasks import checkpoints, kubernetes, notify, prefect_api
+from tasks.config import EnvironmentConfig, RepointConfig
 
 
 @task(**checkpoints.EFFECT)
@@ -28,3 +28,19 @@ def emit_step(env: EnvironmentConfig, step: str, payload: dict[str, Any]) -> Non
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def repoint_services(env: EnvironmentConfig, rp: RepointConfig, host: str, port: int) -> str:
+    """The app's ConfigMap (or Secret) gets the new primary's address, and its Deployments
+    restart to pick it up (`kubectl rollout restart`), then roll out."""
+    address = {rp.host_key: host, rp.port_key: str(port)}
+    with kubernetes.api_client(env.kubernetes) as api:
+        changed = kubernetes.set_config_values(api, rp.namespace, rp.kind, rp.name, address)
+        for service in rp.services:
+            svc = env.service(service)
+            kubernetes.restart(api, svc.namespace, svc.deployment, {"runbook-flows/database": f"{host}:{port}"})
+        for service in rp.services:
+            svc = env.service(service)
+            kubernetes.wait_for_rollout(api, svc.namespace, svc.deployment, svc.rollout_timeout.total_seconds())
+    return (f"{rp.kind} {rp.name} {'set to' if changed else 'already at'} {host}:{port}; restarted "
+            f"{', '.join(rp.services)}")

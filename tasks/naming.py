@@ -104,6 +104,11 @@ _RUN_NAMES: dict[str, Callable[[dict[str, Any]], str]] = {
     "archive-health": lambda p: f"archive-health {p['cluster']} in {p['environment']}",
     "dr-failover": lambda p: (("planned switchover" if p.get("planned") is True else "failover")
                               + f" in {p['environment']}" + (" (forced)" if p.get("force") is True else "")),
+    "azure-failover": lambda p: (("planned promotion" if p.get("planned") is True else "forced promotion")
+                                 + f" of {p['database']}'s replica in {p['environment']}"),
+    "azure-restore": lambda p: (f"azure-restore {p['database']} in {p['environment']} to "
+                                f"{p.get('point_in_time') if _given(p.get('point_in_time')) else 'now'}"),
+    "azure-restore-test": lambda p: f"azure-restore-test {p['database']} in {p['environment']}",
     "rebuild-replica": lambda p: f"rebuild-replica in {p['environment']}",
     "primary-watch": lambda p: f"primary-watch in {p['environment']}",
     "dr-drill": lambda p: f"dr-drill in {p['environment']}",

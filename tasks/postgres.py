@@ -502,6 +502,18 @@ def write_heartbeat(conn: psycopg.Connection[Any]) -> datetime:
         sql.Identifier(HEARTBEAT_TABLE))).fetchone()[0]
 
 
+def write_and_read(srv: Server, database: str) -> dict[str, Any]:
+    """One write and its read back, through the server: a heartbeat row."""
+    with connect(srv, database) as conn:
+        written = write_heartbeat(conn)
+        read = newest_heartbeat(conn)
+        recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    if read != written or recovery:
+        raise CheckFailed(f"write and read on {srv.describe()}/{database}: wrote {written}, read {read}"
+                          f"{' (in recovery)' if recovery else ''}")
+    return {"written": written.isoformat(), "server": srv.describe(), "database": database}
+
+
 def newest_heartbeat(conn: psycopg.Connection[Any], at_or_before: datetime | None = None) -> datetime | None:
     """The newest marker (at or before a time); None if there is none, or no table."""
     if conn.execute("SELECT to_regclass(%s)", (HEARTBEAT_TABLE,)).fetchone()[0] is None:

@@ -17,7 +17,7 @@ from prefect.events import emit_event
 
 from tasks.errors import PolicyRefused
 from tasks.naming import run_tags
-from tasks.redact import scrub
+from tasks.redact import remember, scrub
 
 
 def publish_report(key: str, markdown: str, description: str) -> None:
@@ -258,3 +258,18 @@ def write_variable(name: str, value: Any) -> None:
     from prefect.variables import Variable
 
     Variable.set(name, value, overwrite=True, _sync=True)  # type: ignore[call-arg]
+
+
+def save_secret(name: str, value: str) -> None:
+    """A Prefect Secret block holding `value` (a connection string the run made); the name is
+    what reports give."""
+    from prefect.blocks.system import Secret
+
+    remember(value)
+    Secret(value=value).save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
+
+
+def unset_variable(name: str) -> None:
+    from prefect.variables import Variable
+
+    Variable.unset(name, _sync=True)  # type: ignore[call-arg]

@@ -254,15 +254,7 @@ def reset_read_only(node: DrNode) -> bool:
 
 def write_and_read(node: DrNode, database: str) -> dict[str, Any]:
     """One write and its read back, through the server: a heartbeat row."""
-    srv = server(node)
-    with postgres.connect(srv, database) as conn:
-        written = postgres.write_heartbeat(conn)
-        read = postgres.newest_heartbeat(conn)
-        recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-    if read != written or recovery:
-        raise CheckFailed(f"write and read on {srv.describe()}/{database}: wrote {written}, read {read}"
-                          f"{' (in recovery)' if recovery else ''}")
-    return {"written": written.isoformat(), "server": srv.describe(), "database": database}
+    return postgres.write_and_read(server(node), database)
 
 
 def replication_of(primary: DrNode, standby: str) -> dict[str, Any] | None:

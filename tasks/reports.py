@@ -23,7 +23,7 @@ from prefect import task
 
 from tasks import checkpoints, prefect_api
 from tasks.backups import Manifest
-from tasks.checks import Check
+from tasks.checks import Check, failures
 from tasks.config import EnvironmentConfig, ServiceConfig
 from tasks.migration_plan import HISTORY_TABLE, result_rows
 from tasks.naming import artifact_key
@@ -170,7 +170,8 @@ def _raw_mb(manifest: Manifest) -> str:
 
 
 def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reused: bool,
-           plan: RetentionPlan | None, error: str | None, preflight: dict[str, Any]) -> Report:
+           plan: RetentionPlan | None, error: str | None, preflight: dict[str, Any],
+           server_backup: dict[str, Any] | None = None) -> Report:
     cfg = env.database(database)
     outcome = "FAILED" if error else ("REUSED committed backup" if reused else "OK")
     report = Report(artifact_key("backup", env.name, database), f"Backup of `{database}` in `{env.name}`", outcome,
@@ -199,6 +200,7 @@ def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reu
         report.timings = dict(manifest.durations)
         report.sections.append(Section("Row counts", rows=[{"table": t, "rows": n}
                                                            for t, n in sorted(manifest.row_counts.items())]))
+    report.figures = azure_backup_figures(server_backup) + report.figures
     if preflight:
         report.sections.append(Section("Preflight", rows=[{"check": k, "result": v} for k, v in preflight.items()]))
     if plan is not None:
@@ -215,6 +217,7 @@ def backup(env: EnvironmentConfig, database: str, manifest: Manifest | None, reu
             "environment": env.name, "database": database, "backup_id": manifest.backup_id,
             "size": manifest.size, "sha256": manifest.sha256, "compression": _compression(manifest),
             "reused": reused, "dump_seconds": manifest.durations.get("dump"), "deleted": sorted(plan.delete) if plan else [],
+            "azure_backup": server_backup["name"] if server_backup else None,
         }))
     return report
 
@@ -804,3 +807,68 @@ def maintenance_announcement(rec: MaintenanceRecord, phase: str, link: str | Non
                         link=link, resolved=True, severity="maintenance",
                         impact=None if rec.mode_off is not False else "Maintenance mode may still be on",
                         root_cause=rec.failure or rec.failed_checks())
+
+
+# --- Azure flexible servers ----------------------------------------------------------------------
+
+
+def _azure_plan_figures(plan: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not plan:
+        return []
+    return [("source server", plan["source"]), ("point in time (UTC)", plan["point_in_time"].isoformat()),
+            ("earliest restore point", plan["earliest_restore"] or "-"), ("new server", plan["target"])]
+
+
+def _azure_restored_figures(restored: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not restored:
+        return []
+    how = ("reused: already restored by an earlier run" if restored["reused"] else
+           "resumed: polled the operation an earlier run started" if restored["resumed"] else "started by this run")
+    return [("FQDN", restored["fqdn"]), ("state", restored["state"]), ("restore operation", how),
+            ("seconds waiting for Azure", restored["seconds"])]
+
+
+def azure_restore(env: str, database: str, plan: dict[str, Any] | None, restored: dict[str, Any] | None,
+                  secret: str | None, attempt: int, seconds: float, error: str | None) -> Report:
+    outcome = "FAILED" if error else "RESTORED"
+    report = Report(artifact_key("azure-restore", env, database), f"Azure restore of `{database}` in `{env}`",
+                    outcome, failure=error, figures=[*_azure_plan_figures(plan), *_azure_restored_figures(restored),
+                                                     ("connection string", f"Secret block {secret!r}" if secret
+                                                      else "-"), ("attempt", attempt), ("total seconds", seconds)])
+    if secret:
+        report.notes.append(f"Production was not touched. To use the restored server, point the application at "
+                            f"the connection string in Secret block `{secret}` (host {restored and restored['fqdn']}).")
+    elif error:
+        report.notes.append("Production was not touched. A new run of the same request polls the restore that "
+                            "may still run in Azure, or reuses the server once Ready: it never starts a second one.")
+    report.events.append(Event(f"runbook.azure-restore.{'failed' if error else 'succeeded'}",
+                               _database(env, database), {
+        "environment": env, "database": database, "server": plan and plan["target"],
+        "fqdn": restored and restored["fqdn"], "dsn_secret": secret, "error": error,
+        "point_in_time": plan and plan["point_in_time"].isoformat()}))
+    return report
+
+
+def azure_restore_test(env: str, database: str, plan: dict[str, Any] | None, restored: dict[str, Any] | None,
+                       results: list[Check], rto: float | None, deleted: str | None, attempt: int,
+                       error: str | None) -> Report:
+    passed = error is None and all(c.passed for c in results)
+    report = Report(artifact_key("azure-restore-test", env, database), f"Azure restore test of `{database}` in "
+                    f"`{env}`", "PASSED" if passed else "FAILED", failure=error or failures(results),
+                    figures=[*_azure_plan_figures(plan), *_azure_restored_figures(restored),
+                             ("RTO seconds (restore request to smoke queries passed)", rto if rto is not None else "-"),
+                             ("restored server afterwards", deleted or "NOT deleted"), ("attempt", attempt)],
+                    checks=list(results))
+    report.events.append(Event(f"runbook.azure-restore-test.{'passed' if passed else 'failed'}",
+                               _database(env, database), {
+        "environment": env, "database": database, "server": plan and plan["target"], "rto_seconds": rto,
+        "checks": {c.name: c.passed for c in results}, "deleted": deleted, "error": report.failure}))
+    return report
+
+
+def azure_backup_figures(backup: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not backup:
+        return []
+    return [("Azure server backup", f"{backup['name']} of {backup['server']} ({backup['kind']})"),
+            ("Azure backup completed", backup["completed_at"] or "-"),
+            ("Azure backup seconds", backup["seconds"])]

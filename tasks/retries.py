@@ -17,7 +17,7 @@ from prefect.tasks import exponential_backoff
 
 from tasks.errors import TransientError
 
-System = Literal["postgres", "storage", "kubernetes", "pgbackrest"]
+System = Literal["postgres", "storage", "kubernetes", "pgbackrest", "azure"]
 
 # 5 s, 10 s, 20 s with up to 50% jitter: long enough for a restarting server or a throttled
 # bucket, short enough that a nightly backup does not lose its window.

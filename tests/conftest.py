@@ -133,6 +133,18 @@ def kube_faults(sandbox: Any) -> Iterator[Any]:
 
 
 @pytest.fixture
+def azure_control(sandbox: Any) -> Iterator[Any]:
+    """The control API of the session sandbox's fake Azure Resource Manager (sandbox/azure_arm.py):
+    request faults, failed and held operations, the request log; all cleared before and after."""
+    from sandbox.azure_arm import ArmControl
+
+    control = ArmControl(sandbox.azure_arm_url)
+    control.reset()
+    yield control
+    control.reset()
+
+
+@pytest.fixture
 def api_on_v1(sandbox: Any) -> None:
     """`api` runs the good image, fully rolled out, and the sample service's 5 s metrics window
     holds no request of another version: an analysis starts from a clean window, not from the

@@ -203,3 +203,48 @@ def test_an_unknown_cluster_is_refused_before_anything_runs(tmp_path: Path) -> N
 
     state = physical_backup(str(write(tmp_path, with_cluster())), "nope", return_state=True)
     assert state.is_failed() and "cluster 'nope' is not in environment 'cfgtest'; known: main" in state.message
+
+
+AZURE: dict[str, Any] = {
+    "subscription_id": "6f1c2a9e-3b7d-4c5e-9a8b-0d1e2f3a4b5c", "resource_group": "fleet-rg",
+    "server": "fleet-pg", "location": "eastus", "admin_user": "fleetadmin",
+    "admin_password": {"env": "CFGTEST_AZURE_PASSWORD"},
+}
+
+
+def with_azure(**changes: Any) -> dict[str, Any]:
+    doc = variant(databases__fleet__kind="azure-flexible", databases__fleet__azure=dict(AZURE))
+    for key, value in changes.items():
+        if value is None:
+            doc["databases"]["fleet"]["azure"].pop(key, None)
+        else:
+            doc["databases"]["fleet"]["azure"][key] = value
+    return doc
+
+
+def test_an_azure_flexible_server_config_loads_with_its_defaults(tmp_path: Path) -> None:
+    azure = load_environment(write(tmp_path, with_azure())).database("fleet").azure_server()
+    assert (azure.endpoint, azure.credential.kind, azure.port, azure.sslmode) == (
+        "https://management.azure.com", "default", 5432, "require")
+
+
+@pytest.mark.parametrize(("doc", "expected"), [
+    (variant(databases__fleet__kind="azure-flexible"), ["databases.fleet", "needs an 'azure' section"]),
+    (variant(databases__fleet__azure=dict(AZURE)), ["databases.fleet", "set kind: azure-flexible"]),
+    (with_azure(subscription_id="my-sub"), ["subscription_id", "'my-sub'", "a UUID"]),
+    (with_azure(server="Fleet_PG"), ["azure.server", "'Fleet_PG'", "lower-case letters, digits and '-'"]),
+    (with_azure(replica="fleet-pg"), ["replica 'fleet-pg' is the server itself"]),
+    (with_azure(virtual_endpoint="fleet-ve"), ["set 'replica' too"]),
+    (with_azure(credential={"kind": "service-principal", "tenant_id": "t"}),
+     ["credential", "needs client_id, client_secret"]),
+    (with_azure(endpoint="http://arm.example.com"), ["azure.endpoint", "http://arm.example.com"]),
+    (with_azure(admin_password=None), ["azure.admin_password", "Field required"]),
+], ids=["kind-without-section", "section-without-kind", "bad-subscription", "bad-server-name",
+        "replica-is-the-server", "endpoint-without-replica", "half-a-service-principal", "plain-http-off-loopback",
+        "no-admin-password"])
+def test_bad_azure_config_names_the_key_value_and_what_is_allowed(tmp_path: Path, doc: dict[str, Any],
+                                                                   expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_environment(write(tmp_path, doc))
+    for fragment in expected:
+        assert fragment in str(err.value)

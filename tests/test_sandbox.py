@@ -81,7 +81,9 @@ def test_state_and_secrets_are_private_and_well_formed(sandbox):
         f"postgresql://runbook:{sandbox.pg_password}@127.0.0.1:{sandbox.pg_port}/postgres"
     )
     assert set(env) == {"RUNBOOK_SANDBOX_PG_DSN", "RUNBOOK_SANDBOX_S3_ACCESS_KEY", "RUNBOOK_SANDBOX_S3_SECRET_KEY",
-                        "RUNBOOK_SANDBOX_HA_PG_A_DSN", "RUNBOOK_SANDBOX_HA_PG_B_DSN", "RUNBOOK_SANDBOX_HA_APP_PASSWORD"}
+                        "RUNBOOK_SANDBOX_HA_PG_A_DSN", "RUNBOOK_SANDBOX_HA_PG_B_DSN", "RUNBOOK_SANDBOX_HA_APP_PASSWORD",
+                        "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "RUNBOOK_SANDBOX_AZURE_ADMIN_PASSWORD",
+                        "RUNBOOK_SANDBOX_AZURE_DSN"}
     sourced = subprocess.run(
         ["bash", "-c", f"source {sandbox.workdir / ENV_FILE} && env"], capture_output=True, text=True, check=True
     ).stdout
