@@ -15,7 +15,6 @@ Retry-After; `retries` in the config bounds it.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
@@ -42,26 +41,17 @@ from azure.mgmt.postgresqlflexibleservers import PostgreSQLManagementClient, mod
 from tasks import azure_plan, prefect_api
 from tasks.config import AzureServerConfig
 from tasks.errors import PermanentError, TransientError
+from tasks.fields import is_loopback_url
 from tasks.redact import scrub
 
 ARM_SCOPE = "https://management.azure.com/.default"
-
-
-def is_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class LoopbackBearerPolicy(ARMChallengeAuthenticationPolicy):
     """ARM's bearer-token policy, which refuses plain http, except to a loopback address."""
 
     def on_request(self, request: Any) -> None:
-        if is_loopback(request.http_request.url):
+        if is_loopback_url(request.http_request.url):
             request.context.options["enforce_https"] = False
         super().on_request(request)
 

@@ -30,7 +30,7 @@ from pydantic import (
 
 from tasks import compression, redact, windows
 from tasks.errors import ConfigError, SecretMissing
-from tasks.fields import Duration, Model, check_timezone
+from tasks.fields import Duration, Model, check_timezone, is_loopback_url
 from tasks.maintenance_plan import MaintenanceTask
 from tasks.windows import WindowsConfig
 
@@ -271,8 +271,7 @@ class AzureServerConfig(Model):
     @field_validator("endpoint")
     @classmethod
     def _https_off_loopback(cls, v: str) -> str:
-        host = urlparse(v).hostname or ""
-        if v.startswith("http://") and not (host == "localhost" or host.startswith("127.") or host == "::1"):
+        if v.startswith("http://") and not is_loopback_url(v):
             raise ValueError("plain http sends the bearer token in the clear: use https (http only on loopback, "
                              "for a sandbox)")
         return v

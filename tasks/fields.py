@@ -42,3 +42,17 @@ def check_timezone(v: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("an IANA timezone like 'UTC', 'Europe/London' or 'Asia/Kolkata'") from None
     return v
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL's host is this machine (localhost or a loopback address)."""
+    import ipaddress
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
